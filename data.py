@@ -228,10 +228,19 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
     return _catalog(name, names, sizes, spec, data_dir)
 
 
+def is_procedural(name: str) -> bool:
+    return 'render' in _DATASETS.get(name, {})
+
+
+def render_uint8(name: str, factors, xp=np):
+    """uint8 images of the procedural dataset `name` from factor indices (n, K).
+    With xp=jax.numpy this traces, so a compiled train step can render its own batch."""
+    return (_DATASETS[name]['render'](factors, xp) * 255.0 + 0.5).astype(xp.uint8)  # round half up
+
+
 def _procedural(name, names, sizes, spec):
     def images(idx):
-        factors = np.stack(np.unravel_index(idx, sizes), axis=1)
-        return (spec['render'](factors) * 255.0 + 0.5).astype(np.uint8)  # round half up
+        return render_uint8(name, np.stack(np.unravel_index(idx, sizes), axis=1))
 
     return Dataset(
         name, names, sizes, (64, 64, spec['channels']), math.prod(sizes),

@@ -7,6 +7,7 @@ the same workdir, a run resumes from its latest checkpoint: batches and keys are
 (seed, step), so the resumed run sees exactly what an uninterrupted one would have seen.
 """
 import dataclasses
+import functools
 import hashlib
 import importlib
 import io
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec
 
 FLAGS = flags.FLAGS
 logging.getLogger('jax._src.xla_bridge').setLevel(logging.ERROR)  # no "TPU not found" noise on CPU
@@ -32,6 +34,8 @@ from metrics import infomec
 
 CHECKPOINT_VERSION = 1
 CHECKPOINTS_KEPT = 2
+# How a run executes, not what it computes: they may change between a stop and its resume.
+EXECUTION_FIELDS = ('steps_per_call', 'data_on_device', 'num_seeds', 'distributed')
 
 
 class UserError(Exception):
@@ -196,10 +200,10 @@ def restore_latest(workdir, template, model_name):
 # Data order, evaluation set and evaluation
 # ================================================================================================
 
-def batch_indices(config, num_examples, step):
-    """The training batch at `step`: a pure function of (seed, step), which makes resume exact."""
-    rng = np.random.default_rng([config.seed, step])
-    return rng.integers(0, num_examples, config.batch_size)
+def batch_indices(data_key, step, batch_size, num_examples):
+    """Example indices of the training batch at `step`: a pure function of (seed, step), which makes
+    resume exact. Host-fed and device-resident data both draw them here, so they see the same order."""
+    return jax.random.randint(jax.random.fold_in(data_key, step), (batch_size,), 0, num_examples)
 
 
 def evaluation_set(config, dataset):
@@ -229,6 +233,194 @@ def evaluate(model, model_config, state, dataset, eval_set):
 
 
 # ================================================================================================
+# Speed: device-resident data, K fused steps, vmapped seeds, data parallelism over devices
+# ================================================================================================
+# One compiled call runs `steps_per_call` train steps (jax.lax.scan) for `num_seeds` seeds at once
+# (jax.vmap over state and keys; plain when there is one seed), with the batch sharded over every
+# device (a 1-D Mesh 'data'; params replicated). With data_on_device the call samples its own batch
+# indices and renders (procedural data) or gathers (a uint8 table on the device) the images, so the
+# host does nothing per step. The model's jitted train_step is inlined; donation happens here.
+
+_distributed_started = False
+
+
+def start_distributed(config):
+    """jax.distributed.initialize() once, when asked: its arguments come from the cluster environment."""
+    global _distributed_started
+    if config.distributed and not _distributed_started:
+        jax.distributed.initialize()
+        _distributed_started = True
+
+
+def check_execution(config):
+    for name in ('steps_per_call', 'num_seeds'):
+        if not isinstance(config[name], int) or config[name] < 1:
+            raise UserError(f'{name}={config[name]!r} must be an integer >= 1')
+    devices = jax.device_count()
+    if config.batch_size % devices:
+        raise UserError(f'batch_size={config.batch_size} must be divisible by the number of devices '
+                        f'({devices}) the batch is split over')
+
+
+def data_mesh():
+    return jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+
+
+def seed_keys(config):
+    """Per seed: (init, train, data) keys; seed s of a many-seed run has the keys of a run with seed=s."""
+    keys = [jax.random.split(jax.random.key(config.seed + i), 3) for i in range(config.num_seeds)]
+    return [k[0] for k in keys], jnp.stack([k[1] for k in keys]), jnp.stack([k[2] for k in keys])
+
+
+def stack_seeds(trees):
+    """One tree per seed -> the tree the compiled step takes: stacked on a new axis 0, unless one seed."""
+    return trees[0] if len(trees) == 1 else jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def place_state(states, mesh):
+    """One state per seed -> the stacked state the compiled step takes, replicated on every device."""
+    return jax.device_put(stack_seeds(states), NamedSharding(mesh, PartitionSpec()))
+
+
+def unstack_to_host(tree, num_seeds):
+    """The compiled step's (replicated) output -> one numpy tree per seed."""
+    host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    return [host] if num_seeds == 1 else [jax.tree.map(lambda x: x[i], host) for i in range(num_seeds)]
+
+
+def steps_in_next_call(config, step):
+    """Steps the next compiled call runs: up to steps_per_call, ending at the next log, evaluation or
+    checkpoint step (those happen between calls) and at num_steps."""
+    stop = min(config.num_steps, step + config.steps_per_call)
+    for every in (config.log_every, config.eval_every, config.checkpoint_every):
+        stop = min(stop, (step // every + 1) * every)
+    return stop - step
+
+
+def device_images(dataset_name, factor_sizes, table, indices):
+    """uint8 images of `indices`, computed inside a compiled function: rendered when procedural,
+    else gathered from `table`, the whole uint8 dataset on the device."""
+    if table is None:
+        factors = jnp.stack(jnp.unravel_index(indices, factor_sizes), axis=1)
+        return data.render_uint8(dataset_name, factors, xp=jnp)
+    return table[indices]
+
+
+def device_table(dataset, mesh):
+    """What device_images needs on the device: None for procedural data, else every image (uint8)."""
+    if data.is_procedural(dataset.name):
+        return None
+    print(f'loading all {dataset.num_examples} images of {dataset.name} onto the device(s)', flush=True)
+    return jax.device_put(dataset.images(np.arange(dataset.num_examples)), NamedSharding(mesh, PartitionSpec()))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def indices_for_steps(data_keys, steps, batch_size, num_examples):
+    """(K, seeds, B) batch indices for the host-fed mode; the same function the device mode calls."""
+    per_seed = jax.vmap(batch_indices, (0, None, None, None))
+    return jax.vmap(per_seed, (None, 0, None, None))(data_keys, steps, batch_size, num_examples)
+
+
+def host_batches(dataset, data_keys, first_step, num_steps, batch_size, sharding):
+    """uint8 images (K, seeds, B, H, W, C) rendered or read on the host; each process reads only the
+    rows its own devices hold."""
+    steps = first_step + jnp.arange(num_steps)
+    indices = np.asarray(indices_for_steps(data_keys, steps, batch_size, dataset.num_examples))
+    shape = indices.shape + dataset.image_shape
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: dataset.images(indices[index[:3]].ravel()).reshape(
+            indices[index[:3]].shape + dataset.image_shape))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_steps(model, model_config, dataset_name, factor_sizes, num_examples, batch_size,
+                   num_steps, num_seeds, on_device, mesh):
+    """jitted run(state, train_keys, data_keys, first_step, data_operand) -> (state, last metrics):
+    `num_steps` train steps of `num_seeds` seeds. data_operand: with on_device, None or the uint8 table
+    of device_images; else the host's uint8 batches (K, seeds, B, H, W, C). state is donated."""
+    many = num_seeds > 1
+    per_seed = (lambda fn, in_axes=0: jax.vmap(fn, in_axes)) if many else (lambda fn, in_axes=0: fn)
+    train_step = per_seed(functools.partial(model.train_step, model_config))
+    step_keys = per_seed(jax.random.fold_in, (0, None))
+    step_indices = per_seed(batch_indices, (0, None, None, None))
+    sample = per_seed(functools.partial(device_images, dataset_name, factor_sizes), (None, 0))
+    batch_sharding = NamedSharding(mesh, PartitionSpec(None, 'data') if many else PartitionSpec('data'))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def run(state, train_keys, data_keys, first_step, data_operand):
+        if not many:  # keys come stacked over seeds, like the host-fed batches
+            train_keys, data_keys = train_keys[0], data_keys[0]
+
+        def one_step(state, xs):
+            step, host_images = xs
+            if on_device:
+                images = sample(data_operand, step_indices(data_keys, step, batch_size, num_examples))
+            else:
+                images = host_images if many else host_images[0]
+            images = jax.lax.with_sharding_constraint(images.astype(jnp.float32) / 255.0, batch_sharding)
+            return train_step(state, images, step_keys(train_keys, step))
+
+        steps = first_step + jnp.arange(num_steps)
+        state, metrics = jax.lax.scan(one_step, state, (steps, None if on_device else data_operand))
+        return state, jax.tree.map(lambda m: m[-1], metrics)
+
+    return jax.jit(run, donate_argnums=0, out_shardings=replicated)
+
+
+def make_trainer(model, model_config, dataset, config, mesh):
+    """advance(state, first_step, num_steps) -> (state, metrics of the last step), in one compiled call."""
+    _, train_keys, data_keys = seed_keys(config)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    train_keys, data_keys = jax.device_put((train_keys, data_keys), replicated)
+    host_sharding = NamedSharding(mesh, PartitionSpec(None, None, 'data'))
+    table = device_table(dataset, mesh) if config.data_on_device else None
+
+    def advance(state, first_step, num_steps):
+        run = compiled_steps(model, model_config, dataset.name, dataset.factor_sizes, dataset.num_examples,
+                             config.batch_size, num_steps, config.num_seeds, config.data_on_device, mesh)
+        if config.data_on_device:
+            operand = table
+        else:
+            operand = host_batches(dataset, data_keys, first_step, num_steps, config.batch_size, host_sharding)
+        return run(state, train_keys, data_keys, jnp.int32(first_step), operand)
+
+    return advance
+
+
+def seed_workdirs(workdir, config):
+    """A run of one seed writes to workdir; a run of many to workdir/seed_<s> each."""
+    if config.num_seeds == 1:
+        return [workdir]
+    return [os.path.join(workdir, f'seed_{config.seed + i}') for i in range(config.num_seeds)]
+
+
+def config_for_seed(config, index):
+    """The config a single-seed run of seed number `index` would have: what its workdir records."""
+    seed_config = ml_collections.ConfigDict(config_to_json(config))
+    seed_config.seed = config.seed + index
+    return seed_config
+
+
+def restore_seeds(workdirs, templates, model_name):
+    """The latest checkpoint of every seed, at one common step; None for a fresh start. A stop between
+    the per-seed checkpoint writes leaves the seeds one checkpoint apart: resume from the older one."""
+    restored = [restore_latest(w, t, model_name) for w, t in zip(workdirs, templates)]
+    if all(r is None for r in restored):
+        return None
+    steps = {int(r['step']) if r is not None else 0 for r in restored}
+    if len(steps) == 1:
+        return restored
+    common = set.intersection(*(set(list_checkpoints(w)) for w in workdirs))
+    if not common:
+        print(f'warning: seeds have no checkpoint step in common ({sorted(steps)}); starting afresh', flush=True)
+        return None
+    step = max(common)
+    print(f'seeds stopped at different steps {sorted(steps)}; resuming all from {step}', flush=True)
+    return [load_checkpoint(os.path.join(_checkpoint_dir(w), f'ckpt_{step:09d}.npz'), t, model_name)
+            for w, t in zip(workdirs, templates)]
+
+
+# ================================================================================================
 # The training loop
 # ================================================================================================
 
@@ -244,8 +436,9 @@ def check_workdir(workdir, config, overwrite):
         with open(path) as f:
             previous = json.load(f)
         current = config_to_json(config)
-        if previous != current:
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        changed = sorted(k for k in set(previous) | set(current)
+                         if k not in EXECUTION_FIELDS and previous.get(k) != current.get(k))
+        if changed:
             raise UserError(f'workdir {workdir} holds a run with a different config (fields: {", ".join(changed)}); '
                             'use another --workdir, or --overwrite to start afresh')
     if overwrite:
@@ -267,60 +460,88 @@ def truncate_metrics(path, step):
 
 
 def train(config, workdir, overwrite=False):
+    """Train config.num_seeds seeds (one workdir each, see seed_workdirs); returns the final state
+    (stacked over seeds when there are several)."""
+    start_distributed(config)
     model, model_config = load_model(config)
     dataset = load_dataset(config)
     if config.batch_size < 1 or config.batch_size > dataset.num_examples:
         raise UserError(f'batch_size={config.batch_size} must be between 1 and the dataset size {dataset.num_examples}')
-    check_workdir(workdir, config, overwrite)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        json.dump(config_to_json(config), f, indent=2)
-    with open(os.path.join(workdir, 'run_info.json'), 'w') as f:
-        json.dump(run_info(), f, indent=2)
+    check_execution(config)
+    writer = jax.process_index() == 0  # with many hosts, one writes the files
+    workdirs = seed_workdirs(workdir, config)
+    for i, seed_dir in enumerate(workdirs):
+        seed_config = config_for_seed(config, i)
+        check_workdir(seed_dir, seed_config, overwrite)
+        if writer:
+            os.makedirs(seed_dir, exist_ok=True)
+            with open(os.path.join(seed_dir, 'config.json'), 'w') as f:
+                json.dump(config_to_json(seed_config), f, indent=2)
+            with open(os.path.join(seed_dir, 'run_info.json'), 'w') as f:
+                json.dump(run_info(), f, indent=2)
 
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    state = model.init(init_key, model_config, dataset.image_shape)
-    restored = restore_latest(workdir, state, config.model_name)
+    init_keys, _, _ = seed_keys(config)
+    states = [model.init(key, model_config, dataset.image_shape) for key in init_keys]
+    restored = restore_seeds(workdirs, states, config.model_name)
     if restored is not None:
-        state = restored
-        print(f'resumed from step {int(state["step"])} in {workdir}', flush=True)
-    start = int(state['step'])
-    metrics_path = os.path.join(workdir, 'metrics.jsonl')
-    truncate_metrics(metrics_path, start)
+        states = restored
+        print(f'resumed from step {int(states[0]["step"])} in {workdir}', flush=True)
+    start = int(states[0]['step'])
+    metrics_paths = [os.path.join(seed_dir, 'metrics.jsonl') for seed_dir in workdirs]
+    if writer:
+        for path in metrics_paths:
+            truncate_metrics(path, start)
     eval_set = evaluation_set(config, dataset)
+    mesh = data_mesh()
+    advance = make_trainer(model, model_config, dataset, config, mesh)
+    state = place_state(states, mesh)
     print(f'training {config.model_name} on {config.dataset} for {config.num_steps} steps '
-          f'(batch {config.batch_size}) in {workdir}', flush=True)
+          f'(batch {config.batch_size}, {config.num_seeds} seed(s), {jax.device_count()} device(s), '
+          f'{config.steps_per_call} steps per call) in {workdir}', flush=True)
 
-    def log(record):
-        with open(metrics_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+    def log(i, record):
+        if writer:
+            with open(metrics_paths[i], 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+    def prefix(i):
+        return f'seed {config.seed + i} | ' if config.num_seeds > 1 else ''
+
+    def evaluate_seeds(state, step):
+        if not writer:
+            return
+        for i, seed_state in enumerate(unstack_to_host(state, config.num_seeds)):
+            scores = evaluate(model, model_config, jax.device_put(seed_state), dataset, eval_set)
+            log(i, {'step': step, **{f'eval/{k}': v for k, v in scores.items()}})
+            print(f'{prefix(i)}step {step} | eval ' + ' '.join(f'{k} {v:.3f}' for k, v in scores.items()), flush=True)
 
     if start == 0:
-        scores = evaluate(model, model_config, state, dataset, eval_set)
-        log({'step': 0, **{f'eval/{k}': v for k, v in scores.items()}})
-        print('step 0 | eval ' + ' '.join(f'{k} {v:.3f}' for k, v in scores.items()), flush=True)
+        evaluate_seeds(state, 0)
 
     tick, tick_step = time.time(), start
-    for step in range(start, config.num_steps):
-        images = dataset.images(batch_indices(config, dataset.num_examples, step)).astype(np.float32) / 255.0
-        state, metrics = model.train_step(model_config, state, images, jax.random.fold_in(train_key, step))
-        done = step + 1
+    step = start
+    while step < config.num_steps:
+        num_steps = steps_in_next_call(config, step)
+        state, metrics = advance(state, step, num_steps)
+        step = done = step + num_steps
         if done % config.log_every == 0 or done == config.num_steps:
-            metrics = {k: float(v) for k, v in metrics.items()}
+            per_seed = unstack_to_host(metrics, config.num_seeds)
             steps_per_s = (done - tick_step) / (time.time() - tick)
             tick, tick_step = time.time(), done
-            log({'step': done, **{f'train/{k}': v for k, v in metrics.items()}, 'steps_per_s': steps_per_s})
             eta = format_seconds((config.num_steps - done) / max(steps_per_s, 1e-9))
-            print(f'step {done}/{config.num_steps} | ' + ' '.join(f'{k} {v:.4f}' for k, v in metrics.items())
-                  + f' | {steps_per_s:.1f} steps/s | ETA {eta}', flush=True)
+            for i, seed_metrics in enumerate(per_seed):
+                seed_metrics = {k: float(v) for k, v in seed_metrics.items()}
+                log(i, {'step': done, **{f'train/{k}': v for k, v in seed_metrics.items()}, 'steps_per_s': steps_per_s})
+                print(f'{prefix(i)}step {done}/{config.num_steps} | '
+                      + ' '.join(f'{k} {v:.4f}' for k, v in seed_metrics.items())
+                      + f' | {steps_per_s:.1f} steps/s | ETA {eta}', flush=True)
         if done % config.eval_every == 0 or done == config.num_steps:
-            scores = evaluate(model, model_config, state, dataset, eval_set)
-            log({'step': done, **{f'eval/{k}': v for k, v in scores.items()}})
-            print(f'step {done} | eval ' + ' '.join(f'{k} {v:.3f}' for k, v in scores.items()), flush=True)
+            evaluate_seeds(state, done)
             tick = time.time()  # evaluation time does not count against steps/s
-        if done % config.checkpoint_every == 0 or done == config.num_steps:
-            save_checkpoint(workdir, state, config.model_name)
-    print(f'done: {workdir} (evaluate with: python eval.py --workdir={workdir})', flush=True)
+        if (done % config.checkpoint_every == 0 or done == config.num_steps) and writer:
+            for seed_dir, seed_state in zip(workdirs, unstack_to_host(state, config.num_seeds)):
+                save_checkpoint(seed_dir, seed_state, config.model_name)
+    print(f'done: {workdir} (evaluate with: python eval.py --workdir={workdirs[0]})', flush=True)
     return state
 
 
