@@ -47,8 +47,9 @@ EIGHT_DEVICES = '''
 import json, sys
 import numpy as np, jax
 from tests import test_speed
-[state] = test_speed.train_calls(test_speed.tiny_config(), 2)
-np.savez(sys.argv[1], *[np.asarray(x) for x in jax.tree.leaves(state)])
+# Both data modes: device-resident (batch sampled in the step) and host-fed (batch split over devices).
+states = [test_speed.train_calls(test_speed.tiny_config(data_on_device=mode), 2)[0] for mode in (True, False)]
+np.savez(sys.argv[1], *[np.asarray(x) for state in states for x in jax.tree.leaves(state)])
 print(json.dumps({"devices": jax.device_count()}))
 '''
 
@@ -77,19 +78,20 @@ def test_eight_device_run_starts(eight_device_run):
     assert process.poll() in (None, 0)
 
 
-def test_fused_steps_equal_single_steps():
-    config = tiny_config(data_on_device=False)
-    [fused] = train_calls(config, 1)
+def test_fused_device_resident_steps_equal_single_host_fed_steps(device_run):
+    """The reference: the model's own train_step, one call per step, batches read on the host."""
+    config = tiny_config()
     model, model_config = train.load_model(config)
     dataset = train.load_dataset(config)
     init_keys, train_keys, data_keys = train.seed_keys(config)
     state = model.init(init_keys[0], model_config, dataset.image_shape)
-    indices = np.asarray(train.indices_for_steps(data_keys, np.arange(K), config.batch_size, dataset.num_examples))
-    for step in range(K):
+    steps = np.arange(2 * K)
+    indices = np.asarray(train.indices_for_steps(data_keys, steps, config.batch_size, dataset.num_examples))
+    for step in steps:
         images = dataset.images(indices[step, 0]).astype(np.float32) / 255.0
         state, _ = model.train_step(model_config, state, images, jax.random.fold_in(train_keys[0], step))
-    assert int(fused['step']) == K
-    assert_trees_close(fused, state, atol=1e-6)
+    assert int(device_run['step']) == 2 * K
+    assert_trees_close(device_run, state, atol=1e-6)
 
 
 def test_device_batches_equal_host_batches():
@@ -112,12 +114,6 @@ def test_device_batches_equal_host_batches():
         assert np.abs(device - host).max() <= 1 and (device != host).mean() < 1e-4
 
 
-def test_device_resident_data_trains_like_host_fed(device_run):
-    [host_fed] = train_calls(tiny_config(data_on_device=False), 2)
-    assert int(device_run['step']) == 2 * K
-    assert_trees_close(device_run, host_fed, atol=1e-6)
-
-
 def test_vmapped_seeds_equal_separate_runs(device_run):
     both = train_calls(tiny_config(num_seeds=2), 2)
     [seed1] = train_calls(tiny_config(seed=1), 2)
@@ -133,7 +129,10 @@ def test_eight_devices_match_one_device(eight_device_run, device_run):
     assert json.loads(stdout.strip().splitlines()[-1])['devices'] == 8
     with np.load(path) as f:
         leaves = [f[f'arr_{i}'] for i in range(len(f.files))]
-    assert_trees_close(leaves, jax.tree.leaves(device_run), atol=1e-4)
+    reference = jax.tree.leaves(device_run)
+    assert len(leaves) == 2 * len(reference)
+    assert_trees_close(leaves[:len(reference)], reference, atol=1e-4)  # device-resident data
+    assert_trees_close(leaves[len(reference):], reference, atol=1e-4)  # host-fed data
 
 
 def test_resume_with_two_seeds_and_fused_steps(tmp_path):
@@ -142,7 +141,7 @@ def test_resume_with_two_seeds_and_fused_steps(tmp_path):
     seed_dirs = [tmp_path / 'seed_0', tmp_path / 'seed_1']
     assert [train.list_checkpoints(str(d)) for d in seed_dirs] == [[K, 2 * K]] * 2
     assert json.load(open(seed_dirs[1] / 'config.json'))['seed'] == 1
-    # Stop at step K: both seeds lose their last checkpoint; seed 1 also lost... nothing more.
+    # Stop at step K: both seeds lose their last checkpoint.
     for d in seed_dirs:
         os.remove(d / 'checkpoints' / f'ckpt_{2 * K:09d}.npz')
     resumed = train.unstack_to_host(train.train(config, str(tmp_path)), 2)
