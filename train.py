@@ -360,6 +360,8 @@ def compiled_steps(model, model_config, dataset_name, factor_sizes, num_examples
             images = jax.lax.with_sharding_constraint(images.astype(jnp.float32) / 255.0, batch_sharding)
             return train_step(state, images, step_keys(train_keys, step))
 
+        if num_steps == 1:  # no loop: XLA:CPU runs a step inside a while loop several times slower
+            return one_step(state, (first_step, None if on_device else data_operand[0]))
         steps = first_step + jnp.arange(num_steps)
         state, metrics = jax.lax.scan(one_step, state, (steps, None if on_device else data_operand))
         return state, jax.tree.map(lambda m: m[-1], metrics)

@@ -72,7 +72,9 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
     config.eval_samples = 10_000        # fixed evaluation set, drawn with eval_seed
     config.eval_seed = 0
     # Execution (README "Speed"); they change how fast a run goes, not what it computes.
-    config.steps_per_call = 10          # train steps per compiled call (jax.lax.scan)
+    # Train steps per compiled call (jax.lax.scan). 1 by measurement (bench.py): on CPU XLA runs a
+    # step inside a loop several times slower; on an accelerator try 10 or more.
+    config.steps_per_call = 1
     config.data_on_device = True        # batches sampled and rendered/gathered inside the compiled step
     config.num_seeds = 1                # >1: seeds seed..seed+num_seeds-1 at once (jax.vmap), DIR/seed_<s>
     config.distributed = False          # call jax.distributed.initialize() (multi-host data parallelism)
