@@ -611,7 +611,6 @@ def _builder_class():
     @dataclasses.dataclass
     class FilesConfig(tfds.core.BuilderConfig):
         factor_sizes: tuple = ()
-        manual_dir: str = ''
 
     class Disentax(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version(_BUILDER_VERSION)
@@ -630,7 +629,7 @@ def _builder_class():
         def _split_generators(self, dl_manager):
             cfg = self.builder_config
             spec = _DATASETS[cfg.name]
-            examples = spec['examples'](cfg.manual_dir, cfg.factor_sizes)  # checks the files now
+            examples = spec['examples'](os.fspath(dl_manager.manual_dir), cfg.factor_sizes)  # checks the files now
             return {'train': self._generate_examples(examples, cfg)}
 
         def _generate_examples(self, examples, cfg):
@@ -662,9 +661,10 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
         missing = [m for m in needed if importlib.util.find_spec(m) is None]
         if missing:
             raise DataError(f"preparing {name} needs {' and '.join(missing)}: pip install -r requirements-tf.txt")
-    if not manual_dir or not os.path.isdir(os.path.expanduser(manual_dir)):
-        raise DataError(f'--manual_dir={manual_dir!r} is not a folder; get {spec["file"]} into a folder DIR '
-                        f'and pass --manual_dir=DIR')
+    if not manual_dir or not os.path.isdir(os.path.expanduser(manual_dir)) or not os.listdir(
+            os.path.expanduser(manual_dir)):
+        raise DataError(f'--manual_dir={manual_dir!r} is not a folder or is empty; get {spec["file"]} '
+                        f'into a folder DIR and pass --manual_dir=DIR')
     manual_dir = os.path.expanduser(manual_dir)
     root = _resolve_data_dir(data_dir)
     import tensorflow_datasets as tfds
@@ -673,12 +673,13 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
             raise DataError(f'{name} is built by its tfds catalog builder: factor_sizes cannot change')
         builder = tfds.builder(spec['tfds'], data_dir=root, try_gcs=False)
     else:
+        config_cls, builder_cls = _builder_class()
         sizes = tuple(factor_sizes or (s for _, s in spec['factors']))
         if len(sizes) != len(spec['factors']):
             raise DataError(f'{name}: factor_sizes must have {len(spec["factors"])} entries, got {sizes}')
-        config_cls, builder_cls = _builder_class()
-        builder = builder_cls(config=config_cls(name=name, version=_BUILDER_VERSION, factor_sizes=sizes,
-                                                manual_dir=manual_dir), data_dir=root)
+        # tfds logs "Using custom data configuration": the configs are made here, not registered.
+        builder = builder_cls(config=config_cls(name=name, version=_BUILDER_VERSION, factor_sizes=sizes),
+                              data_dir=root)
         tfds.disable_progress_bar()  # the examples carry their own bar, with a total
     os.makedirs(root, exist_ok=True)
     # Downloads/extractions go to a scratch folder, removed afterwards.
@@ -687,9 +688,13 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
             builder.download_and_prepare(
                 download_dir=scratch, file_format='array_record',
                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False))
-        except DataError:
-            raise
         except Exception as e:  # tfds and the file readers raise many types
+            try:  # tfds removed its temporary folder; drop the empty folders above it too
+                os.removedirs(os.path.join(root, _tfds_path(name, spec)[0]))
+            except OSError:
+                pass  # not empty: an earlier version is there
+            if isinstance(e, DataError):
+                raise
             raise DataError(f'preparing {name} failed: {type(e).__name__}: {e}'.replace('\n', ' ')) from e
     ds = load(name, root)
     ds.index(np.zeros((1, len(ds.factor_sizes)), np.int64))  # builds and caches the index table

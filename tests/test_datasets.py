@@ -154,6 +154,7 @@ def test_mpi3d_errors(tmp_path, no_network):
     sizes, root = SMALL['mpi3d_toy'], str(tmp_path / 'tfds')
     manual = tmp_path / 'dl'
     os.makedirs(manual)
+    (manual / 'unrelated.txt').write_text('the file asked for is missing')
     path = manual / 'mpi3d_toy.npz'
     msg = prepare_error('mpi3d_toy', manual, root, sizes)
     assert 'mpi3d_toy.npz not found' in msg and 'storage.googleapis.com' in msg
@@ -180,6 +181,7 @@ def test_png_folder_errors(tmp_path, no_network):
     sizes, root = SMALL['falcor3d'], str(tmp_path / 'tfds')
     manual = tmp_path / 'dl'
     os.makedirs(manual)
+    (manual / 'unrelated.txt').write_text('the file asked for is missing')
     assert 'train-rec.labels not found' in prepare_error('falcor3d', manual, root, sizes)
     write_published('falcor3d', str(manual), sizes)
     folder = manual / 'Falcor3D_down128'
@@ -210,6 +212,7 @@ def test_cars3d_errors(tmp_path, no_network):
     sizes, root = SMALL['cars3d'], str(tmp_path / 'tfds')
     manual = tmp_path / 'dl'
     os.makedirs(manual)
+    (manual / 'unrelated.txt').write_text('the file asked for is missing')
     assert 'has 0 .mat files, expected 2' in prepare_error('cars3d', manual, root, sizes)
     write_published('cars3d', str(manual), sizes)
     scipy.io.savemat(manual / 'cars' / 'car_001_mesh.mat', {'im': np.zeros((128, 128, 3, 3, 1), np.uint8)})
@@ -219,8 +222,10 @@ def test_cars3d_errors(tmp_path, no_network):
 
 
 def test_prepare_argument_errors(tmp_path):
+    os.makedirs(tmp_path / 'empty')
     for args, expected in [(('foo', str(tmp_path)), "unknown dataset 'foo'"),
-                           (('cars3d', str(tmp_path / 'nowhere')), 'is not a folder'),
+                           (('cars3d', str(tmp_path / 'nowhere')), 'is not a folder or is empty'),
+                           (('cars3d', str(tmp_path / 'empty')), 'is not a folder or is empty'),
                            (('cars3d', str(tmp_path)), 'factor_sizes must have 3 entries')]:
         with pytest.raises(data.DataError, match=expected):
             data.prepare(*args, data_dir=str(tmp_path / 'tfds'), factor_sizes=(1, 2) if 'cars3d' in args else None)
