@@ -15,7 +15,7 @@ import data
 from configs import common
 from configs import qlae as qlae_config
 from models import qlae
-from tests.test_data import no_network, write_fake_dsprites  # noqa: F401  (no_network is a fixture)
+from tests.test_data import no_network, write_fake_catalog, write_fake_dsprites  # noqa: F401  (a fixture)
 
 pytest.importorskip('tensorflow_datasets')
 
@@ -243,7 +243,36 @@ def test_missing_file_dataset_says_what_to_download(tmp_path, no_network):
         data.load('smallnorb', data_dir=str(tmp_path))
 
 
-# color_dsprites: against the fake dsprites of tests/test_data.py (tfds layout, written without TF).
+# smallnorb and color_dsprites: against fakes in the tfds layout written without TensorFlow (tests/test_data.py).
+def test_smallnorb_reads_both_splits_resized(tmp_path, no_network):
+    rows, splits = [], {}
+    for split, instances in (('train', (4, 6)), ('test', (0, 1))):
+        splits[split] = []
+        for instance in instances:
+            for category, elevation, azimuth in np.ndindex(2, 2, 2):
+                value = 7 * len(rows) + 3  # a distinct flat grey per record
+                rows.append((category, elevation, azimuth, 5))
+                splits[split].append({
+                    'image': np.full((96, 96), value, np.uint8), 'image2': np.zeros((96, 96), np.uint8),
+                    'label_category': category, 'instance': instance, 'label_elevation': elevation,
+                    'label_azimuth': azimuth, 'label_lighting': 5})
+    write_fake_catalog(tmp_path, 'smallnorb', splits)
+    ds = data.load('smallnorb', str(tmp_path))
+    assert ds.factor_names == ('category', 'elevation', 'azimuth', 'lighting')
+    assert ds.factor_sizes == (5, 9, 18, 6) and ds.num_examples == 32 and ds.image_shape == (64, 64, 1)
+    images = ds.images(np.arange(32))
+    assert images.shape == (32, 64, 64, 1)
+    np.testing.assert_array_equal(images, np.broadcast_to((7 * np.arange(32) + 3)[:, None, None, None], images.shape))
+    np.testing.assert_array_equal(ds.factors(np.arange(32)), rows)
+    # Four instances share each factor tuple: index() picks one of them, always the same.
+    idx = ds.index(rows)
+    np.testing.assert_array_equal(ds.factors(idx), rows)
+    assert len(set(idx.tolist())) == 8 and np.array_equal(idx, ds.index(rows))
+    with pytest.raises(data.DataError, match='no example'):
+        ds.index([[4, 0, 0, 0]])
+
+
+
 def test_color_dsprites_deterministic_colours_in_range(tmp_path, no_network):
     rows = np.array([[0, 5, 39, 31, 0], [2, 0, 0, 0, 0], [1, 3, 20, 7, 9], [0, 0, 0, 0, 1]])
     write_fake_dsprites(tmp_path, rows)
