@@ -80,9 +80,8 @@ def write_published(name, folder, sizes, seed=0):
 @pytest.fixture(scope='module')
 def qlae_step():
     """The tiny QLAE; its jitted train step compiles once for every dataset (same shapes)."""
-    config = qlae_config.get_config('toyshapes,tiny')
-    model_config = qlae.Config(**{**config.model, 'num_latents': 4})
-    return model_config, qlae.train_step  # jitted by the model file
+    # The same Config as tests/test_qlae.py, so the persistent XLA cache serves both.
+    return qlae.Config(**qlae_config.get_config('toyshapes,tiny').model), qlae.train_step
 
 
 @pytest.mark.parametrize('name', sorted(SMALL))
