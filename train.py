@@ -430,6 +430,21 @@ def workdir_lock(workdir):
         yield
 
 
+def record_run_info(workdir, start_step):
+    """run_info.json: what produced the run; a resumed run keeps what produced its earlier parts too
+    (bit-exact resume holds on the same machine and versions: this shows whether they changed)."""
+    path = os.path.join(workdir, 'run_info.json')
+    earlier = []
+    if start_step > 0 and os.path.exists(path):
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+            earlier = previous.pop('earlier_starts', []) + [previous]
+        except ValueError:
+            pass  # unreadable: the new record still says what produced the rest of the run
+    write_json(path, {**run_info(), 'start_step': start_step, 'earlier_starts': earlier})
+
+
 def truncate_metrics(path, step):
     """Keep only log lines of steps <= `step`, the checkpoint we resume from, so none is duplicated.
 
@@ -442,7 +457,7 @@ def truncate_metrics(path, step):
         for line in f:
             try:
                 if json.loads(line)['step'] <= step:
-                    kept.append(line)
+                    kept.append(line.rstrip('\n') + '\n')  # a complete record cut before its newline
             except (ValueError, KeyError, TypeError):
                 pass
     with open(path + '.tmp', 'w') as f:
@@ -530,7 +545,6 @@ def _train(config, workdir, overwrite, model, model_config, dataset, stop):
     check_workdir(workdir, config, overwrite)
     remove_partial_files(workdir)
     write_json(os.path.join(workdir, 'config.json'), config_to_json(config))
-    write_json(os.path.join(workdir, 'run_info.json'), run_info())
 
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     state = model.init(init_key, model_config, dataset.image_shape)
@@ -539,6 +553,7 @@ def _train(config, workdir, overwrite, model, model_config, dataset, stop):
         state = restored
         print(f'resumed from step {int(state["step"])} in {workdir}', flush=True)
     start = int(state['step'])
+    record_run_info(workdir, start)
     metrics_path = os.path.join(workdir, 'metrics.jsonl')
     if restored is None and os.path.exists(metrics_path):
         os.remove(metrics_path)  # a run killed before its first checkpoint starts over, log included

@@ -97,7 +97,8 @@ def test_sigkill_at_any_moment_then_restart_ends_bit_identical(reference, tmp_pa
     assert read_metrics(tmp_path) == read_metrics(ref_workdir)  # same values, no duplicate, no partial line
     info = json.load(open(tmp_path / 'run_info.json'))
     assert len(info['git_commit']) == 40 and info['versions']['jax'] == jax.__version__
-    assert info['platform'] == 'cpu' and 'train.py' in info['command']
+    assert info['platform'] == 'cpu' and 'train.py' in info['command'] and info['start_step'] in (6, 7, 8, 9)
+    assert [start['start_step'] for start in info['earlier_starts']] == [0, 3]
 
 
 def test_sigterm_checkpoints_the_current_step_and_prints_the_resume_command(reference, tmp_path):
@@ -146,6 +147,12 @@ def test_truncate_metrics_keeps_lines_up_to_the_checkpoint_and_drops_a_partial_o
                 '{"step": 4, "train/loss": 0.6}\n{"step": 5, "train/lo')
     train.truncate_metrics(path, 3)
     assert [json.loads(line)['step'] for line in open(path)] == [0, 3, 3]
+    with open(path, 'w') as f:  # cut right after a complete record, before its newline
+        f.write('{"step": 0, "eval/infom": 0.1}\n{"step": 3, "train/loss": 0.7}')
+    train.truncate_metrics(path, 3)
+    with open(path, 'a') as f:
+        f.write('{"step": 4, "train/loss": 0.6}\n')
+    assert [json.loads(line)['step'] for line in open(path)] == [0, 3, 4]
 
 
 # ------------------------------------------------------------------------------------------------
