@@ -472,11 +472,12 @@ def stop_on_signals():
     Yields a list that receives the signal number.
     """
     received = []
-    watched = (signal.SIGINT, signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield received
         return
-    previous = {signum: signal.getsignal(signum) for signum in watched}
+    # A signal ignored by whoever started us (nohup, a background job) stays ignored.
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(signum) is not signal.SIG_IGN}
 
     def handler(signum, frame):
         received.append(signum)
@@ -485,7 +486,7 @@ def stop_on_signals():
         print(f'received {signal.Signals(signum).name}: stopping after this step '
               '(send it again to stop at once)', flush=True)
 
-    for signum in watched:
+    for signum in previous:
         signal.signal(signum, handler)
     try:
         yield received
