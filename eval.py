@@ -6,7 +6,6 @@ Writes into the workdir: eval.json (scores, their parameters, config, step, libr
 nmi.png (normalized mutual information, latents x sources), traversals.png (one row per latent),
 reconstructions.png (inputs above their reconstructions).
 """
-import json
 import os
 
 import matplotlib
@@ -29,6 +28,7 @@ def load_run(workdir):
         raise train.UserError(f'no run in {workdir}: {path} not found (train first: '
                               f'python train.py --config=configs/qlae.py:toyshapes --workdir={workdir})')
     config = train.config_from_json(path)
+    train.validate_config(config)
     model, model_config = train.load_model(config)
     dataset = train.load_dataset(config)
     import jax  # after the cheap checks, so a mistyped workdir answers at once
@@ -83,11 +83,19 @@ def image_grid(images, path, row_labels=None):
     plt.close(fig)
 
 
+def score(sources, latents, discrete, workdir):
+    """The metrics of latents against sources; their ValueError (lengths, NaN, ...) as one UserError."""
+    try:
+        return infomec.infomec(sources, latents, discrete)
+    except ValueError as e:
+        raise train.UserError(f'cannot score the run in {workdir}: {e}') from None
+
+
 def evaluate_run(workdir):
     config, model, model_config, dataset, state = load_run(workdir)
     indices, sources = train.evaluation_set(config, dataset)
     latents = train.encode_all(model, model_config, state, dataset, indices)
-    scores = infomec.infomec(sources, latents, model.DISCRETE)
+    scores = score(sources, latents, model.DISCRETE, workdir)
     step = int(state['step'])
 
     report = {
@@ -96,8 +104,7 @@ def evaluate_run(workdir):
         'metrics': {'infomec': {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in scores.items()}},
         'factor_names': list(dataset.factor_names), 'config': train.config_to_json(config), **train.run_info(),
     }
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-        json.dump(report, f, indent=2)
+    train.write_json(os.path.join(workdir, 'eval.json'), report)
 
     plot_nmi(scores, dataset.factor_names, os.path.join(workdir, 'nmi.png'))
     # Traversals: start from one evaluation image's latents and sweep one latent per row.
@@ -130,6 +137,9 @@ def main(argv):
     evaluate_run(FLAGS.workdir)
 
 
-if __name__ == '__main__':
+def define_flags(argv):
     flags.DEFINE_string('workdir', None, 'the run folder train.py wrote')
-    train.run_main(main)
+
+
+if __name__ == '__main__':
+    train.run_main(main, define_flags)
