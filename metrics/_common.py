@@ -141,10 +141,11 @@ def sample_factors(rng, factor_sizes, shape):
 def encode_factors(encode, dataset, factors, chunk_size):
     """Latents (n, d) of the images with factor values `factors` (n, K), and images/s.
 
-    Images are fetched from the dataset `chunk_size` at a time (the last chunk padded by
-    repetition, so a jitted `encode` compiles once) and the next chunk is fetched in a
+    Images are fetched from the dataset `chunk_size` (at most n) at a time (the last chunk padded
+    by repetition, so a jitted `encode` compiles once) and the next chunk is fetched in a
     background thread while `encode` runs: rendering/decoding and XLA both release the GIL."""
     n = len(factors)
+    chunk_size = min(chunk_size, n)  # a small request is not padded up to a large batch
     starts = list(range(0, n, chunk_size))
 
     def fetch(start):
