@@ -10,7 +10,7 @@ Estimators (`importance=`):
 - 'gbt' (the reference): GradientBoostingClassifier with scikit-learn defaults, impurity
   importances. Slow: 100 rounds of one tree per class.
 - 'random_forest': RandomForestClassifier(100 trees, max_depth 8, all features per split), impurity
-  importances; its D and C run up to ~0.15 below the reference on noisy codes
+  importances; its D and C run up to ~0.15 below the reference on noisy codes; not much faster
   (tests/test_metrics_dci.py measures how far).
 - 'lasso': Lasso(alpha=0.01) regression of the standardized source on standardized latents,
   |coefficients| as importances (the original DCI paper's linear variant); fastest, close to the
