@@ -348,10 +348,13 @@ def batch_indices(config, num_examples, step):
     return rng.integers(0, num_examples, config.batch_size)
 
 
-def evaluation_set(config, dataset):
-    """A fixed sample of the dataset (same for every model and seed): indices, sources."""
-    rng = np.random.default_rng(config.eval_seed)
-    n = min(config.eval_samples, dataset.num_examples)
+def evaluation_set(config, dataset, num_samples=None, split=0):
+    """A fixed sample of the dataset (same for every model and seed): indices, sources.
+
+    split 0 (eval_samples images) is the set train.py logs on; other splits are independent
+    fixed samples (eval.py's test split is split 1)."""
+    rng = np.random.default_rng(config.eval_seed if split == 0 else [config.eval_seed, split])
+    n = min(config.eval_samples if num_samples is None else num_samples, dataset.num_examples)
     indices = np.sort(rng.choice(dataset.num_examples, n, replace=False))
     return indices, dataset.factors(indices)
 
