@@ -128,25 +128,33 @@ def compute_metrics(names, model, model_config, state, dataset, train_split, tes
     results, seconds = {}, {}
     for name in names:
         tick = time.perf_counter()
-        if name == 'infomec':
-            results[name] = infomec.infomec(train_sources, train_latents, model.DISCRETE, n_jobs=n_jobs)
-        elif name == 'mig':
-            results[name] = {'mig': mig(train_sources, train_latents), 'num_bins': 20}
-        elif name == 'dci':
-            results[name] = dci(*split, n_jobs=n_jobs, seed=seed)
-        elif name == 'sap':
-            # Discrete latents are scored like any other: a linear classifier per single latent.
-            results[name] = sap(*split, n_jobs=n_jobs)
-        elif name == 'modularity':
-            results[name] = modularity(*split, n_jobs=n_jobs)
-        elif name == 'factor_vae':
-            results[name] = factor_vae_score(encode, dataset, seed, num_variance_samples=votes,
-                                             num_train_votes=votes, num_eval_votes=max(1, votes // 2))
-        elif name == 'beta_vae':
-            results[name] = beta_vae_score(encode, dataset, seed, num_train_points=votes,
-                                           num_eval_points=max(1, votes // 2))
+        try:
+            results[name] = compute_metric(name, model, dataset, split, encode, votes, seed, n_jobs)
+        except ValueError as e:  # the metric's own one-line complaint: lengths, NaN latents, ...
+            raise train.UserError(f'cannot compute {name}: {e}') from None
         seconds[name] = time.perf_counter() - tick
     return results, seconds
+
+
+def compute_metric(name, model, dataset, split, encode, votes, seed, n_jobs):
+    """The result dict of one metric. split: (train_latents, train_sources, test_latents, test_sources)."""
+    train_latents, train_sources = split[:2]
+    if name == 'infomec':
+        return infomec.infomec(train_sources, train_latents, model.DISCRETE, n_jobs=n_jobs)
+    if name == 'mig':
+        return {'mig': mig(train_sources, train_latents), 'num_bins': 20}
+    if name == 'dci':
+        return dci(*split, n_jobs=n_jobs, seed=seed)
+    if name == 'sap':  # discrete latents are scored like any other: a linear classifier per latent
+        return sap(*split, n_jobs=n_jobs)
+    if name == 'modularity':
+        return modularity(*split, n_jobs=n_jobs)
+    if name == 'factor_vae':
+        return factor_vae_score(encode, dataset, seed, num_variance_samples=votes, num_train_votes=votes,
+                                num_eval_votes=max(1, votes // 2))
+    if name == 'beta_vae':
+        return beta_vae_score(encode, dataset, seed, num_train_points=votes, num_eval_points=max(1, votes // 2))
+    raise ValueError(f"unknown metric '{name}'; accepted: {', '.join(METRICS)}")
 
 
 def headline_scores(results):
@@ -246,11 +254,8 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
     test_indices, test_sources = train.evaluation_set(config, dataset, test_samples, split=1)
     test_latents = (train.encode_all(model, model_config, state, dataset, test_indices) if needs_test
                     else latents[:0])
-    try:
-        results, seconds = compute_metrics(metrics, model, model_config, state, dataset, (sources, latents),
-                                           (test_sources, test_latents), votes, config.eval_seed, n_jobs)
-    except ValueError as e:  # the metrics' own one-line complaints: lengths, NaN latents, ...
-        raise train.UserError(f'cannot score the run in {workdir}: {e}') from None
+    results, seconds = compute_metrics(metrics, model, model_config, state, dataset, (sources, latents),
+                                       (test_sources, test_latents), votes, config.eval_seed, n_jobs)
     step = int(state['step'])
 
     report = {

@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import ml_collections
@@ -291,11 +292,15 @@ def test_eval_without_checkpoint_or_with_bad_metric_inputs_is_one_error(tmp_path
     train.write_json(str(tmp_path / 'config.json'), train.config_to_json(short_config()))
     with pytest.raises(train.UserError, match=r'no checkpoint in .*/checkpoints: the run has not saved one yet'):
         evaluation.load_run(str(tmp_path))
-    sources = np.zeros((10, 2), np.int64)
-    with pytest.raises(train.UserError, match=r'cannot score the run in .*: sources and latents must have the same'):
-        evaluation.score(sources, np.zeros((9, 3)), True, str(tmp_path))
-    with pytest.raises(train.UserError, match='cannot score the run in .*: latents contain NaN'):
-        evaluation.score(sources, np.full((10, 3), np.nan), False, str(tmp_path))
+    sources, model = np.zeros((10, 2), np.int64), types.SimpleNamespace(DISCRETE=False)
+
+    def score(latents):  # InfoMEC alone needs no encoder or dataset
+        return evaluation.compute_metrics(('infomec',), model, None, None, None, (sources, latents), (sources, latents),
+                                          votes=1, seed=0, n_jobs=1)
+    with pytest.raises(train.UserError, match=r'cannot compute infomec: sources and latents must have the same'):
+        score(np.zeros((9, 3)))
+    with pytest.raises(train.UserError, match='cannot compute infomec: latents contain NaN'):
+        score(np.full((10, 3), np.nan))
 
 
 # The command-line wrapper: one line on stderr and exit status 2 (a traceback only with --debug).
