@@ -153,6 +153,7 @@ def tiny_model(request):
     name = request.param
     config = importlib.import_module(f'configs.{name}').get_config('toyshapes,tiny')
     config.eval_samples = 200
+    config.eval_every = config.num_steps  # evaluations at the start and the end only: each costs seconds
     model = importlib.import_module(f'models.{name}')
     return name, model, model.Config(**config.model), config
 
@@ -177,15 +178,11 @@ def test_reconstruction_falls_on_toyshapes_tiny(tiny_model, toyshapes):
     bce = [m['bce'] for m in history]
     assert np.mean(bce[-5:]) < np.mean(bce[:5]) - 0.02, bce
     assert set(history[0]) >= {'loss', 'bce'}
-    latents = np.asarray(model.encode(model_config, state, images))
-    assert latents.shape == (len(images), model_config.num_latents)
-    assert np.issubdtype(latents.dtype, np.integer) == (name == 'vqvae')
-    assert np.asarray(model.decode(model_config, state, latents)).shape == images.shape
 
 
-def test_train_and_eval_run_each_model(tiny_model, tmp_path):
+def test_train_and_eval_run_each_model(tiny_model, toyshapes, tmp_path):
     import eval as evaluation
-    name, _, _, config = tiny_model
+    name, model, model_config, config = tiny_model
     state = train.train(config, str(tmp_path))
     assert int(state['step']) == config.num_steps
     records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
@@ -194,6 +191,11 @@ def test_train_and_eval_run_each_model(tiny_model, tmp_path):
     scores = report['metrics']['infomec']
     assert report['model_name'] == name and all(0 <= scores[k] <= 1 for k in ('infom', 'infoc'))
     assert os.path.getsize(tmp_path / 'traversals.png') > 0
+    # The same compiled encode and decode as the evaluation: integer codes only from the VQ-VAE.
+    latents = train.encode_all(model, model_config, state, toyshapes, np.arange(8))
+    assert latents.shape == (8, model_config.num_latents)
+    assert np.issubdtype(latents.dtype, np.integer) == (name == 'vqvae')
+    assert np.asarray(model.decode(model_config, state, latents)).shape == (8,) + toyshapes.image_shape
 
 
 def test_train_and_eval_scripts_run_the_vqvae(tmp_path):
