@@ -68,12 +68,16 @@ def load_run(workdir):
 
 
 def traversal_values(latents, discrete, num=10):
-    """Per latent, the values to sweep: its distinct values if discrete and few, else evenly spaced."""
+    """Per latent, the values to sweep: its most frequent values (at most 2 num) if discrete, else evenly spaced.
+
+    Discrete latents may be codes with no order (a VQ-VAE's codebook indices), so values between two
+    codes are never made up.
+    """
     values = []
     for column in latents.T:
-        distinct = np.unique(column)
-        if discrete and len(distinct) <= 2 * num:
-            values.append(distinct)
+        distinct, counts = np.unique(column, return_counts=True)
+        if discrete:
+            values.append(np.sort(distinct[np.argsort(-counts, kind='stable')[:2 * num]]))
         else:
             values.append(np.linspace(np.quantile(column, 0.02), np.quantile(column, 0.98), num))
     return values
