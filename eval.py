@@ -2,7 +2,8 @@
 
   python eval.py --workdir=runs/qlae_toyshapes_seed0
 
-Writes into the workdir: eval.json (scores, their parameters, config, step, library versions),
+Writes into the workdir: eval.json (scores, their parameters, config, step, library versions, and
+the named scores of the model file's optional `extra_eval`),
 nmi.png (normalized mutual information, latents x sources), traversals.png (one row per latent),
 reconstructions.png (inputs above their reconstructions).
 """
@@ -89,11 +90,20 @@ def evaluate_run(workdir):
     latents = train.encode_all(model, model_config, state, dataset, indices)
     scores = infomec.infomec(sources, latents, model.DISCRETE)
     step = int(state['step'])
+    # A model file may define extra_eval(config, state, batches of images) -> {name: scalar}, for a
+    # score of its own (the categorical VAE's straight-through gap); it sees the evaluation set.
+    extra_eval = getattr(model, 'extra_eval', None)
+    extra = {}
+    if extra_eval is not None:
+        batches = (dataset.images(chunk).astype(np.float32) / 255.0
+                   for chunk in np.array_split(indices, -(-len(indices) // 500)))
+        extra = {k: float(v) for k, v in extra_eval(model_config, state, batches).items()}
 
     report = {
         'workdir': workdir, 'step': step, 'model_name': config.model_name, 'dataset': config.dataset,
         'eval_samples': len(indices), 'eval_seed': config.eval_seed, 'discrete_latents': bool(model.DISCRETE),
-        'metrics': {'infomec': {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in scores.items()}},
+        'metrics': {'infomec': {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in scores.items()},
+                    **extra},
         'factor_names': list(dataset.factor_names), 'config': train.config_to_json(config), **train.run_info(),
     }
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
@@ -117,7 +127,8 @@ def evaluate_run(workdir):
     image_grid(np.stack([inputs, recon]), os.path.join(workdir, 'reconstructions.png'), ['input', 'recon'])
 
     print(f'{config.model_name} on {config.dataset}, step {step}, {len(indices)} samples:')
-    print('  ' + '  '.join(f'{k} {scores[k]:.3f}' for k in ('infom', 'infoe', 'infoc')))
+    print('  ' + '  '.join([f'{k} {scores[k]:.3f}' for k in ('infom', 'infoe', 'infoc')]
+                           + [f'{k} {v:.4g}' for k, v in extra.items()]))
     print(f'wrote {workdir}/eval.json, nmi.png, traversals.png, reconstructions.png')
     return report
 
