@@ -301,7 +301,9 @@ def train_step(config, state, images, key):
 @functools.partial(jax.jit, static_argnums=0)
 def encode(config, state, images):
     """z_hat(x): continuous, or the nearest codebook values in the quantized variant."""
-    return predict_latents(state['params']['critic'], config, images)[1]
+    critic_params = state['params']['critic']
+    z_hat = critic(critic_params, config, images)[1]
+    return quantize(critic_params['codebook'], z_hat) if config.quantized else z_hat
 
 
 @functools.partial(jax.jit, static_argnums=0)

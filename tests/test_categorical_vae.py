@@ -83,24 +83,26 @@ def test_loss_falls_on_toyshapes_tiny(tiny):
     # dozen tiny-network steps improve it, so the noiseless loss (soft probabilities) is compared.
     before = float(categorical_vae.hard_and_soft_losses(config, state, images)[1])
     losses = []
-    for step in range(30):
+    for step in range(20):
         state, metrics = categorical_vae.train_step(config, state, images, jax.random.key(step))
         losses.append(float(metrics['loss']))
     after = float(categorical_vae.hard_and_soft_losses(config, state, images)[1])
     assert set(metrics) == {'loss', 'bce', 'kl', 'noise_scale'}  # no discriminator when tc_penalty = 0
-    assert float(metrics['noise_scale']) == pytest.approx(2.0)  # anneal_steps = num_steps = 20 in this preset
+    assert float(metrics['noise_scale']) == pytest.approx(2.0, rel=0.01)  # anneal_steps = num_steps = 20 here
     assert np.isfinite(losses).all()
     assert after < 0.99 * before, (before, after)
-    latents = np.asarray(categorical_vae.encode(config, state, images))
-    assert latents.shape == (8, config.num_latents) and np.abs(latents).max() <= 1
-    assert categorical_vae.decode(config, state, latents).shape == (8, 64, 64, 3)
 
 
 def test_train_and_eval_on_toyshapes_tiny(tiny, tmp_path):
     import eval as evaluation
+    config, dataset, _ = tiny
     workdir = str(tmp_path / 'run')
     state = train.train(tiny_config(), workdir)
     assert int(state['step']) == 20
+    # Expected grid values: inside [-1, 1], and not on the grid (encode_all's batch of 500 is compiled already).
+    latents = train.encode_all(categorical_vae, config, state, dataset, np.arange(50))
+    assert latents.shape == (50, config.num_latents) and np.abs(latents).max() <= 1
+    assert not np.isin(latents, np.linspace(-1, 1, config.num_categories)).all()
     records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
     assert all(np.isfinite(r['train/kl']) for r in records if 'train/kl' in r)
     evaluation.evaluate_run(workdir)
