@@ -1,7 +1,7 @@
 """Categorical VAE (D-VAE) and FactorDVAE (Friede et al. 2023).
 
-  python train.py --config=configs/categorical_vae.py:shapes3d           # paper schedule: Adam 1e-4, batch 64, 300k steps
-  python train.py --config=configs/categorical_vae.py:toyshapes          # offline default, small network, CPU, Adam 1e-3
+  python train.py --config=configs/categorical_vae.py:shapes3d           # paper: Adam 1e-4, batch 64, 300k steps
+  python train.py --config=configs/categorical_vae.py:toyshapes          # offline default: small network, Adam 1e-3
   python train.py --config=configs/categorical_vae.py:toyshapes,tiny     # seconds; used by the tests
   python train.py --config=configs/categorical_vae.py:shapes3d --config.model.tc_penalty=30   # FactorDVAE
 """

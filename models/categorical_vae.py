@@ -306,7 +306,7 @@ def hard_and_soft_losses(config, state, images):
     logits = logits_of(params, config, images)
     hard = jax.nn.one_hot(jnp.argmax(logits, axis=-1), config.num_categories)
     soft = jax.nn.softmax(logits, axis=-1)
-    return vae_loss(params, config, images, hard, logits)[0].mean(), vae_loss(params, config, images, soft, logits)[0].mean()
+    return tuple(vae_loss(params, config, images, weights, logits)[0].mean() for weights in (hard, soft))
 
 
 def straight_through_gap(config, state, images):

@@ -135,3 +135,11 @@ print('ok', m.encode(config, state, images).shape, m.straight_through_gap(config
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'ok (4, 3) True' in result.stdout
+
+
+def test_noise_anneals_over_the_whole_run_when_num_steps_is_overridden():
+    config = categorical_vae_config.get_config('shapes3d')
+    assert (config.batch_size, config.num_steps, config.model.learning_rate) == (64, 300_000, 1e-4)
+    assert config.model.num_latents == 10
+    config.num_steps = 777  # what --config.num_steps=777 does
+    assert config.model.anneal_steps == 777
