@@ -242,6 +242,8 @@ def print_table(results, seconds):
             print(f'  {name if k == 0 else "":<12} {key:<24} {float(results[name][key]):7.3f} {time_text}')
         if 'images_per_s' in results[name]:
             print(f'  {"":<12} {"images/s (encode path)":<24} {results[name]["images_per_s"]:7.0f}')
+    for k, (key, value) in enumerate(results.get('extra_eval', {}).items()):
+        print(f'  {"extra_eval" if k == 0 else "":<12} {key:<24} {value:7.4g}')
 
 
 def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs=-1):
@@ -260,6 +262,12 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
                     else latents[:0])
     results, seconds = compute_metrics(metrics, model, model_config, state, dataset, (sources, latents),
                                        (test_sources, test_latents), votes, config.eval_seed, n_jobs)
+    # A model file may define extra_eval(config, state, batches of images) -> {name: scalar}: a score of
+    # its own (the categorical VAE's straight-through gap), computed on the evaluation set.
+    if hasattr(model, 'extra_eval'):
+        batches = (dataset.images(chunk).astype(np.float32) / 255.0
+                   for chunk in np.array_split(indices, -(-len(indices) // 500)))
+        results['extra_eval'] = {k: float(v) for k, v in model.extra_eval(model_config, state, batches).items()}
     step = int(state['step'])
 
     report = {
