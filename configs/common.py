@@ -7,21 +7,24 @@ import dataclasses
 
 import ml_collections
 
-# Ground-truth sources per dataset (the paper uses 2 x this many latents) and the default network.
+# Ground-truth sources per dataset (the paper uses 2 x this many latents), the number of images
+# (beta-TCVAE's estimator needs it) and the default network.
 # Procedural datasets default to the small network so a run finishes on a laptop CPU.
 # 'family': the key a config's per_dataset_model may use for every variant (the papers' "mpi3d").
 DATASETS = {
-    'toyshapes': {'num_sources': 6, 'network': 'small', 'procedural': True},
-    'toysprites': {'num_sources': 5, 'network': 'small', 'procedural': True},
-    'shapes3d': {'num_sources': 6, 'network': 'paper', 'procedural': False},
-    'dsprites': {'num_sources': 5, 'network': 'paper', 'procedural': False},
-    'color_dsprites': {'num_sources': 5, 'network': 'paper', 'procedural': False},
-    'smallnorb': {'num_sources': 4, 'network': 'paper', 'procedural': False},
-    'cars3d': {'num_sources': 3, 'network': 'paper', 'procedural': False},
-    **{f'mpi3d_{variant}': {'num_sources': 7, 'network': 'paper', 'procedural': False, 'family': 'mpi3d'}
+    'toyshapes': {'num_sources': 6, 'num_examples': 480_000, 'network': 'small', 'procedural': True},
+    'toysprites': {'num_sources': 5, 'num_examples': 737_280, 'network': 'small', 'procedural': True},
+    'shapes3d': {'num_sources': 6, 'num_examples': 480_000, 'network': 'paper', 'procedural': False},
+    'dsprites': {'num_sources': 5, 'num_examples': 737_280, 'network': 'paper', 'procedural': False},
+    'color_dsprites': {'num_sources': 5, 'num_examples': 737_280, 'network': 'paper', 'procedural': False},
+    'smallnorb': {'num_sources': 4, 'num_examples': 48_600, 'network': 'paper', 'procedural': False},
+    'cars3d': {'num_sources': 3, 'num_examples': 17_568, 'network': 'paper', 'procedural': False},
+    # toy, realistic, real: the 6 colours x 6 shapes releases; complex: 4 x 4, the QLAE paper's mpi3d.
+    **{f'mpi3d_{variant}': {'num_sources': 7, 'num_examples': 460_800 if variant == 'complex' else 1_036_800,
+                            'network': 'paper', 'procedural': False, 'family': 'mpi3d'}
        for variant in ('toy', 'realistic', 'real', 'complex')},
-    'falcor3d': {'num_sources': 7, 'network': 'paper', 'procedural': False},
-    'isaac3d': {'num_sources': 9, 'network': 'paper', 'procedural': False},
+    'falcor3d': {'num_sources': 7, 'num_examples': 233_280, 'network': 'paper', 'procedural': False},
+    'isaac3d': {'num_sources': 9, 'num_examples': 737_280, 'network': 'paper', 'procedural': False},
 }
 
 # Procedural datasets train on a schedule sized to finish in about ten minutes on a 2-core CPU.

@@ -192,7 +192,7 @@ def test_a_nonfinite_state_is_never_saved(reference, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('argv, message', [
-    (['--config=configs/nope.py'], "config file 'configs/nope.py' not found; accepted: configs/qlae.py"),
+    (['--config=configs/nope.py'], "config file 'configs/nope.py' not found; accepted: configs/ae.py"),
     (['--config', 'configs/qlae.py:nodata'], "unknown dataset 'nodata' in config arg 'nodata'; accepted: toyshapes"),
     (['--config=configs/qlae.py:toyshapes,huge'], "unknown preset 'huge' in config arg 'toyshapes,huge'; accepted: paper"),
     (['--config=configs/common.py'], "config file 'configs/common.py' failed to load: AttributeError"),
@@ -226,7 +226,7 @@ def test_bad_config_argument_is_one_error(argv, message, monkeypatch):
     ({'model.num_values': 0}, 'model.num_values=0 must be >= 1'),
     ({'model.num_latents': 'six'}, "'<' not supported"),
     ({'dataset': 'mnist'}, "unknown dataset 'mnist'; accepted: toyshapes, toysprites, shapes3d, dsprites"),
-    ({'model_name': 'vae'}, "unknown model_name 'vae': no file models/vae.py"),
+    ({'model_name': 'nomodel'}, "unknown model_name 'nomodel': no file models/nomodel.py"),
 ])
 def test_bad_config_value_is_one_error_before_anything_runs(overrides, message, tmp_path):
     values = train.config_to_json(short_config())  # edited as JSON: any type, as in a hand-edited config.json
