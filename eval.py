@@ -285,8 +285,9 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
     traversals = traversal_grid(model, model_config, state, latents)
     image_grid(traversals, os.path.join(workdir, 'traversals.png'), [f'z{i}' for i in range(len(traversals))])
     # Reconstructions: eight evaluation images above their reconstructions.
-    inputs = dataset.images(indices[:8]).astype(np.float32) / 255.0
-    recon = np.asarray(model.decode(model_config, state, latents[:8]))
+    shown = np.linspace(0, len(indices) - 1, 8).astype(int)  # spread over the (sorted) evaluation set
+    inputs = dataset.images(indices[shown]).astype(np.float32) / 255.0
+    recon = np.asarray(model.decode(model_config, state, latents[shown]))
     reconstructions = np.stack([inputs, recon])
     image_grid(reconstructions, os.path.join(workdir, 'reconstructions.png'), ['input', 'recon'])
     title = f'{config.model_name} on {config.dataset}, step {step}, {len(indices)} samples'
