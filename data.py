@@ -1,20 +1,27 @@
 """Datasets with known generative factors, all behind one small `Dataset` API.
 
 Procedural datasets (`toyshapes`, `toysprites`) are rendered on demand from
-factor indices, so they need no files and work offline. Catalog datasets
-(`shapes3d`, `dsprites`) are read from tensorflow-datasets array_record files
-prepared beforehand with `python data.py prepare NAME`.
+factor indices, so they need no files and work offline. Every other dataset is
+read from tensorflow-datasets array_record files prepared once from its
+downloaded files with `python data.py prepare NAME --manual_dir=DIR`:
+shapes3d, dsprites and smallnorb by tfds's catalog builders (these need
+TensorFlow to prepare), mpi3d_*, falcor3d, isaac3d and cars3d by this file's
+builder (no TensorFlow). color_dsprites is computed from dsprites when read.
+Reading never needs TensorFlow.
 
 Every dataset is the full factor grid: example index <-> factor indices is a
-bijection, which is what the disentanglement metrics need.
+bijection, which is what the disentanglement metrics need (smallnorb, whose
+10 object instances per category are not a factor, is the one exception).
 """
 import argparse
 import dataclasses
+import functools
 import glob
 import importlib.util
 import io
 import math
 import os
+import re
 import sys
 import tempfile
 from typing import Callable
@@ -196,36 +203,98 @@ def render_toysprites(factors, xp=np):
 
 
 # ---------------------------------------------------------------- catalog
+MPI3D_FACTORS = (('object_color', 6), ('object_shape', 6), ('object_size', 2), ('camera_height', 3),
+                 ('background_color', 3), ('horizontal_axis', 40), ('vertical_axis', 40))
+FALCOR3D_FACTORS = (('lighting_intensity', 5), ('lighting_x', 6), ('lighting_y', 6), ('lighting_z', 6),
+                    ('camera_x', 6), ('camera_y', 6), ('camera_z', 6))
+ISAAC3D_FACTORS = (('object_shape', 3), ('robot_x', 8), ('robot_y', 5), ('camera_height', 4),
+                   ('object_scale', 4), ('lighting_intensity', 4), ('lighting_y', 6), ('object_color', 4),
+                   ('wall_color', 4))
+SMALLNORB_FACTORS = (('category', 5), ('elevation', 9), ('azimuth', 18), ('lighting', 6))
+CARS3D_FACTORS = (('elevation', 4), ('azimuth', 24), ('object', 183))
+_MPI3D_URL = 'https://storage.googleapis.com/disentanglement_dataset/Final_Dataset'
+_MPI3D_FILES = {'toy': 'mpi3d_toy.npz', 'realistic': 'mpi3d_realistic.npz', 'real': 'mpi3d_real.npz',
+                'complex': 'real3d_complicated_shapes_ordered.npz'}
+_MPI3D_URLS = {**{v: f'{_MPI3D_URL}/mpi3d_{v}.npz' for v in ('toy', 'realistic', 'real')},
+               'complex': 'the link in https://github.com/rr-learning/disentanglement_dataset'}
+
+# Three kinds of dataset: 'render' ones are procedural; 'tfds' ones are built by
+# tensorflow-datasets' own catalog builders (preparing needs TensorFlow once);
+# 'examples' ones are built by this file's builder from the published files,
+# without TensorFlow. Every prepared one is read back the same way (_prepared).
+# 'file' is what the user downloads; it is quoted in error messages.
 _DATASETS = {
     'toyshapes': dict(factors=SHAPES_FACTORS, channels=3, render=render_toyshapes),
     'toysprites': dict(factors=SPRITES_FACTORS, channels=1, render=render_toysprites),
     'shapes3d': dict(
-        factors=SHAPES_FACTORS, channels=3,
+        factors=SHAPES_FACTORS, channels=3, tfds='shapes3d',
         labels=('label_floor_hue', 'label_wall_hue', 'label_object_hue',
                 'label_scale', 'label_shape', 'label_orientation'),
         file='3dshapes.h5 from the DeepMind 3dshapes bucket '
              '(https://storage.googleapis.com/3d-shapes/3dshapes.h5)'),
     'dsprites': dict(
-        factors=SPRITES_FACTORS, channels=1,
+        factors=SPRITES_FACTORS, channels=1, tfds='dsprites',
         labels=('label_shape', 'label_scale', 'label_orientation',
                 'label_x_position', 'label_y_position'),
         # The tfds builder reads the .hdf5 release, not the .npz one.
         file='dsprites_ndarray_co1sh3sc6or40x32y32_64x64.hdf5 from the deepmind '
              'dsprites-dataset repo (https://github.com/deepmind/dsprites-dataset)'),
+    # disentanglement_lib's colour variant: dsprites with each image's sprite
+    # multiplied by an RGB colour drawn from U(0.5, 1) per channel (here a
+    # fixed function of the example index, so reading is deterministic).
+    'color_dsprites': dict(factors=SPRITES_FACTORS, channels=3, derived_from='dsprites'),
+    'smallnorb': dict(
+        # Both tfds splits (24,300 + 24,300), as disentanglement_lib does. The
+        # toy `instance` (10 per category) is not a factor: each factor tuple
+        # has 10 images, and index() returns one fixed instance.
+        factors=SMALLNORB_FACTORS, channels=1, tfds='smallnorb', splits=('train', 'test'),
+        labels=('label_category', 'label_elevation', 'label_azimuth', 'label_lighting'),
+        file='the six smallnorb-5x*-{training,testing}-{dat,cat,info}.mat.gz files from '
+             'https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/'),
+    **{f'mpi3d_{variant}': dict(
+        # toy/realistic/real: the final 1,036,800-image releases (6 colours,
+        # 6 shapes); complex: 4 colours x 4 shapes (460,800), the QLAE paper's mpi3d.
+        factors=MPI3D_FACTORS if variant != 'complex' else
+        (('object_color', 4), ('object_shape', 4)) + MPI3D_FACTORS[2:],
+        channels=3, examples=lambda manual_dir, sizes, variant=variant: _mpi3d_examples(manual_dir, variant, sizes),
+        file=f'{_MPI3D_FILES[variant]} from {_MPI3D_URLS[variant]}')
+       for variant in ('toy', 'realistic', 'real', 'complex')},
+    'falcor3d': dict(
+        factors=FALCOR3D_FACTORS, channels=3,
+        examples=lambda manual_dir, sizes: _png_folder_examples(
+            os.path.join(manual_dir, 'Falcor3D_down128'), 'train-rec.labels', sizes),
+        file='the folder Falcor3D_down128 (images/NNNNNN.png, train-rec.labels), unzipped from '
+             'Falcor3D_down128.zip (https://github.com/NVlabs/High-res-disentanglement-datasets)'),
+    'isaac3d': dict(
+        factors=ISAAC3D_FACTORS, channels=3,
+        examples=lambda manual_dir, sizes: _png_folder_examples(
+            os.path.join(manual_dir, 'Isaac3D_down128'), 'labels.npy', sizes),
+        file='the folder Isaac3D_down128 (images/NNNNNN.png, labels.npy), unzipped from '
+             'Isaac3D_down128.zip (https://github.com/NVlabs/High-res-disentanglement-datasets)'),
+    'cars3d': dict(
+        factors=CARS3D_FACTORS, channels=3, examples=lambda manual_dir, sizes: _cars3d_examples(manual_dir, sizes),
+        file='the folder cars/ of 183 car_*_mesh.mat files, from nips2015-analogy-data.tar.gz '
+             '(http://www.scottreed.info/files/nips2015-analogy-data.tar.gz)'),
 }
 DATASET_NAMES = tuple(_DATASETS)
+_BUILDER = 'disentax'  # tfds name of this file's builder: DATA_DIR/disentax/<dataset>/<version>
+_BUILDER_VERSION = '1.0.0'
 
 
-def load(name: str, data_dir: str | None = None) -> Dataset:
-    """The dataset `name`; catalog data is read from `data_dir`, else
-    $DISENTAX_DATA_DIR, else ~/tensorflow_datasets."""
+def load(name: str, data_dir: str | None = None, in_memory: bool = False) -> Dataset:
+    """The dataset `name`; prepared data is read from `data_dir`, else
+    $DISENTAX_DATA_DIR, else ~/tensorflow_datasets. in_memory=True reads every
+    image (and factor) once into RAM, so later access is a numpy gather."""
     if name not in _DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
     spec = _DATASETS[name]
-    names, sizes = (tuple(t) for t in zip(*spec['factors']))
     if 'render' in spec:
-        return _procedural(name, names, sizes, spec)
-    return _catalog(name, names, sizes, spec, data_dir)
+        ds = _procedural(name, spec)
+    elif 'derived_from' in spec:
+        ds = _color_dsprites(name, load(spec['derived_from'], data_dir))
+    else:
+        ds = _prepared(name, spec, _resolve_data_dir(data_dir))
+    return _into_memory(ds) if in_memory else ds
 
 
 def is_procedural(name: str) -> bool:
@@ -238,7 +307,9 @@ def render_uint8(name: str, factors, xp=np):
     return (_DATASETS[name]['render'](factors, xp) * 255.0 + 0.5).astype(xp.uint8)  # round half up
 
 
-def _procedural(name, names, sizes, spec):
+def _procedural(name, spec):
+    names, sizes = (tuple(t) for t in zip(*spec['factors']))
+
     def images(idx):
         return render_uint8(name, np.stack(np.unravel_index(idx, sizes), axis=1))
 
@@ -249,57 +320,127 @@ def _procedural(name, names, sizes, spec):
         _index=lambda f: np.ravel_multi_index(tuple(f.T), sizes).astype(np.int64))
 
 
+def _into_memory(ds):
+    """The same dataset with every image and factor held in numpy arrays."""
+    images = np.zeros((ds.num_examples,) + ds.image_shape, np.uint8)
+    factors = np.zeros((ds.num_examples, len(ds.factor_sizes)), np.int64)
+    with _progress_bar(f'reading {ds.name} into memory', ds.num_examples) as bar:
+        for start in range(0, ds.num_examples, 4096):
+            idx = np.arange(start, min(ds.num_examples, start + 4096))
+            images[idx], factors[idx] = ds.images(idx), ds.factors(idx)
+            bar.update(len(idx))
+    return dataclasses.replace(ds, _images=lambda idx: images[idx], _factors=lambda idx: factors[idx])
+
+
+def _progress_bar(description, total):
+    """A progress bar on stderr (tqdm comes with tensorflow-datasets)."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=description, unit='img', unit_scale=True, file=sys.stderr)
+
+
+def _color_dsprites(name, grey):
+    """dsprites with the sprite (pixels 0/255) scaled by a colour per image."""
+    def images(idx):
+        return (grey._images(idx) * _colours(idx)[:, None, None, :] + 0.5).astype(np.uint8)
+
+    return dataclasses.replace(grey, name=name, image_shape=(64, 64, 3), _images=images)
+
+
+def _colours(idx):
+    """float32 (n, 3) in [0.5, 1): a fixed pseudo-random colour per example
+    index, by the splitmix64 hash (vectorised, no per-call RNG state)."""
+    with np.errstate(over='ignore'):
+        z = np.asarray(idx, np.uint64)[:, None] * np.uint64(3) + np.arange(3, dtype=np.uint64)
+        z = z * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (0.5 + 0.5 * (z >> np.uint64(40)).astype(np.float32) / np.float32(2 ** 24)).astype(np.float32)
+
+
 def _resolve_data_dir(data_dir):
     return os.path.expanduser(data_dir or os.environ.get('DISENTAX_DATA_DIR') or '~/tensorflow_datasets')
 
 
-def _prepared_dir(root, name):
-    """The newest `root/name/VERSION` folder holding array_record files, or None.
+def _tfds_path(name, spec):
+    """Where tfds writes the dataset under the data dir, and the record files' prefix."""
+    return (spec['tfds'], spec['tfds']) if 'tfds' in spec else (os.path.join(_BUILDER, name), _BUILDER)
+
+
+def _prepared_dir(root, name, spec):
+    """The newest `root/<tfds path>/VERSION` folder holding array_record files, or None.
 
     Checked on the file system before tfds is touched, so a missing dataset
-    fails fast and can never reach tfds's download/GCS code paths.
+    fails fast and can never reach tfds's download/GCS code paths. tfds builds
+    in a temporary folder renamed at the end, so only complete ones match.
     """
-    for version_dir in sorted(glob.glob(os.path.join(root, name, '*')), reverse=True):
+    path, prefix = _tfds_path(name, spec)
+    versions = [d for d in glob.glob(os.path.join(root, path, '*'))
+                if re.fullmatch(r'\d+\.\d+\.\d+', os.path.basename(d))]
+    for version_dir in sorted(versions, key=lambda d: tuple(map(int, os.path.basename(d).split('.'))), reverse=True):
         if (os.path.isfile(os.path.join(version_dir, 'dataset_info.json'))
-                and glob.glob(os.path.join(version_dir, f'{name}-train.array_record*'))):
+                and glob.glob(os.path.join(version_dir, f'{prefix}-train.array_record*'))):
             return version_dir
     return None
 
 
-def _catalog(name, names, sizes, spec, data_dir):
-    root = _resolve_data_dir(data_dir)
-    version_dir = _prepared_dir(root, name)
+def _prepared(name, spec, root):
+    version_dir = _prepared_dir(root, name, spec)
     if version_dir is None:
+        needs_tf = 'pip install -r requirements-tf.txt && ' if 'tfds' in spec else ''
         raise DataError(
-            f'dataset {name!r} is not prepared in {root} (no {name}/<version>/ array_record files); '
-            f'get {spec["file"]} into a folder DIR, then run: pip install -r requirements-tf.txt && '
+            f'dataset {name!r} is not prepared in {root} (no {_tfds_path(name, spec)[0]}/<version>/ '
+            f'array_record files); get {spec["file"]} into a folder DIR, then run: {needs_tf}'
             f'python data.py prepare {name} --manual_dir=DIR --data_dir={root}')
-    try:  # imported here: slow, and only catalog data needs it
+    factor_names = tuple(n for n, _ in spec['factors'])
+    labels = spec.get('labels') or tuple(f'label_{n}' for n in factor_names)
+    try:  # imported here: slow, and only prepared data needs it
         import tensorflow_datasets as tfds
         from PIL import Image
         # The tf.Example proto tfds bundles for its TensorFlow-free reader.
         from tensorflow_datasets.proto import tf_example_pb2
-        builder = tfds.builder(f'{name}:{os.path.basename(version_dir)}', data_dir=root, try_gcs=False)
+        # Everything (features, splits) comes from the folder: no builder code runs.
+        builder = tfds.builder_from_directory(version_dir)
+        features = builder.info.features
         # Raw records, parsed below: tfds's per-feature numpy decoding runs
         # ~20x slower for labels and ~4x slower for images.
-        source = builder.as_data_source(split='train', file_format='array_record',
-                                        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        sources = [builder.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+                   for split in spec.get('splits', ('train',))]
+        # Sizes as prepared (a reduced grid in tests); names as the spec says.
+        sizes = tuple(int(features[label].num_classes) for label in labels)
+        stored_shape = tuple(features['image'].shape)
+        png = isinstance(features['image'], tfds.features.Image)
     except Exception as e:  # tfds raises many types; callers only need to know it failed
         raise DataError(f'cannot read prepared {name} in {version_dir}: {type(e).__name__}: {e}'
                         .replace('\n', ' ')) from e
+    bounds = np.cumsum([0] + [len(s) for s in sources])
 
     def records(idx):
-        raw = source.__getitems__(idx.tolist())
+        which = np.searchsorted(bounds, idx, side='right') - 1
+        raw = [None] * len(idx)
+        for k, source in enumerate(sources):
+            at = np.nonzero(which == k)[0]
+            for i, record in zip(at, source.__getitems__((idx[at] - bounds[k]).tolist()) if len(at) else ()):
+                raw[i] = record
         return [tf_example_pb2.Example.FromString(r).features.feature for r in raw]
 
     scale = np.uint8(255 if name == 'dsprites' else 1)  # dsprites pixels are 0/1
+    channels = spec['channels']
 
-    def images(idx):  # the tfds Image feature stores PNG bytes
-        pngs = [io.BytesIO(r['image'].bytes_list.value[0]) for r in records(idx)]
-        return np.stack([np.asarray(Image.open(p)).reshape(64, 64, -1) for p in pngs]) * scale
+    def decode(record):
+        data = record['image'].bytes_list.value[0]
+        if not png:  # this file's builder stores raw uint8 bytes
+            return np.frombuffer(data, np.uint8).reshape(stored_shape)
+        image = Image.open(io.BytesIO(data))
+        if image.size != (64, 64):  # smallnorb: 96x96, area-averaged like the other datasets
+            image = image.resize((64, 64), Image.BOX)
+        return np.asarray(image).reshape(64, 64, channels)
+
+    def images(idx):
+        return np.stack([decode(r) for r in records(idx)]) * scale
 
     def factors(idx):
-        rows = [[r[k].int64_list.value[0] for k in spec['labels']] for r in records(idx)]
+        rows = [[r[k].int64_list.value[0] for k in labels] for r in records(idx)]
         return np.array(rows, np.int64).reshape(-1, len(sizes))
 
     table = {}  # record index of each flat factor tuple (-1: absent); built on first use
@@ -307,13 +448,13 @@ def _catalog(name, names, sizes, spec, data_dir):
     def index(f):
         if 't' not in table:
             table['t'] = _index_table(os.path.join(version_dir, 'disentax_factor_index.npy'),
-                                      factors, sizes, len(source))
+                                      factors, sizes, int(bounds[-1]))
         found = table['t'][np.ravel_multi_index(tuple(f.T), sizes)]
         if (found < 0).any():
             raise DataError(f'{name}: no example with factors {f[found < 0][0].tolist()} in {version_dir}')
         return found
 
-    return Dataset(name, names, sizes, (64, 64, spec['channels']), len(source),
+    return Dataset(name, factor_names, sizes, (64, 64, channels), int(bounds[-1]),
                    _images=images, _factors=factors, _index=index)
 
 
@@ -321,7 +462,9 @@ def _index_table(path, factors, sizes, n):
     """Factor tuple -> record index. tfds stores records shuffled, so this
     reads every label once (~50k records/s) and caches the table next to the
     data. tfds orders records by a hash of each example's key, so preparing
-    the same file again gives the same order and the cache stays valid."""
+    the same file again gives the same order and the cache stays valid.
+    Where several records share a factor tuple (smallnorb's instances), the
+    last one wins: a fixed choice."""
     if os.path.exists(path):
         cached = np.load(path)
         if cached.shape == (math.prod(sizes),) and cached.max() < n:
@@ -340,32 +483,243 @@ def _index_table(path, factors, sizes, n):
     return table
 
 
-def _prepare(name, manual_dir, data_dir):
-    if name not in _DATASETS:
-        sys.exit(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
-    if 'render' in _DATASETS[name]:
-        print(f'{name} is procedural: nothing to prepare')
-        return
-    missing = [m for m in ('tensorflow', 'h5py') if importlib.util.find_spec(m) is None]
-    if missing:
-        sys.exit(f"preparing {name} needs {' and '.join(missing)}: pip install -r requirements-tf.txt")
+# ---------------------------------------------------------------- published files -> examples
+# Each reader checks what it can before anything is written (file present,
+# image count, shapes), raising one DataError line, then returns a generator
+# of (key, image uint8 (64, 64, 3), factor indices) that checks each image.
+
+def _halve(images):
+    """uint8 (..., 2H, 2W, C) -> (..., H, W, C): the mean of each 2x2 block,
+    rounded half up (area averaging; 128 -> 64 is exactly 2x)."""
+    *lead, h, w, c = images.shape
+    blocks = images.reshape(*lead, h // 2, 2, w // 2, 2, c).astype(np.uint16)
+    return ((blocks.sum((-4, -2)) + 2) // 4).astype(np.uint8)
+
+
+def _mpi3d_examples(manual_dir, variant, sizes):
+    """One .npz holding `images` (N, 64, 64, 3) uint8, N = prod(sizes), in the
+    unravelled factor order. Streamed from the zip member, so memory stays small."""
+    import zipfile
+    path = os.path.join(manual_dir, _MPI3D_FILES[variant])
+    if not os.path.isfile(path):
+        raise DataError(f'mpi3d_{variant}: {path} not found; download it from {_MPI3D_URLS[variant]}')
+    n = math.prod(sizes)
+    try:
+        archive = zipfile.ZipFile(path)
+        member = archive.open('images.npy')
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(member)
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
+        raise DataError(f'mpi3d_{variant}: {path} is not an .npz file holding images.npy '
+                        f'({type(e).__name__}: {e}); download it again') from None
+    if dtype != np.uint8 or tuple(shape) != (n, 64, 64, 3) or fortran_order:
+        raise DataError(f'mpi3d_{variant}: {path} holds images {dtype} {tuple(shape)}, '
+                        f'expected uint8 {(n, 64, 64, 3)}')
+
+    def generate():
+        chunk = 1024
+        with archive, member:
+            for start in range(0, n, chunk):
+                count = min(chunk, n - start)
+                try:
+                    data = member.read(count * 64 * 64 * 3)
+                except (zipfile.BadZipFile, OSError, EOFError) as e:
+                    raise DataError(f'mpi3d_{variant}: {path} is corrupt near image {start} '
+                                    f'({type(e).__name__}: {e}); download it again') from None
+                if len(data) != count * 64 * 64 * 3:
+                    raise DataError(f'mpi3d_{variant}: {path} ends at image {start + len(data) // 12288}, '
+                                    f'expected {n}; download it again')
+                for i, image in enumerate(np.frombuffer(data, np.uint8).reshape(count, 64, 64, 3)):
+                    yield start + i, image, np.unravel_index(start + i, sizes)
+            try:
+                member.read()  # reading to the end makes zipfile check the CRC
+            except zipfile.BadZipFile as e:
+                raise DataError(f'mpi3d_{variant}: {path} is corrupt ({e}); download it again') from None
+    return generate()
+
+
+def _png_folder_examples(folder, labels_name, sizes):
+    """Falcor3D/Isaac3D: images/NNNNNN.png (128x128 RGB) and a .npy array of
+    per-image factor values (N, K); a factor's index is the rank of its value."""
+    from PIL import Image
+    name = os.path.basename(folder)
+    labels_path = os.path.join(folder, labels_name)
+    if not os.path.isfile(labels_path):
+        raise DataError(f'{name}: {labels_path} not found; unzip {name}.zip into the manual dir')
+    try:
+        values = np.load(labels_path)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f'{name}: {labels_path} is not a .npy array ({type(e).__name__}: {e})') from None
+    n = math.prod(sizes)
+    if values.shape != (n, len(sizes)):
+        raise DataError(f'{name}: {labels_path} has shape {values.shape}, expected {(n, len(sizes))}')
+    factors = np.zeros((n, len(sizes)), np.int64)
+    for k, size in enumerate(sizes):
+        uniques, factors[:, k] = np.unique(values[:, k], return_inverse=True)
+        if len(uniques) != size:
+            raise DataError(f'{name}: {labels_path} column {k} has {len(uniques)} distinct values, expected {size}')
+    if len(np.unique(np.ravel_multi_index(tuple(factors.T), sizes))) != n:
+        raise DataError(f'{name}: {labels_path} repeats factor combinations; expected each once')
+    image_dir = os.path.join(folder, 'images')
+    found = sum(1 for e in os.scandir(image_dir) if e.name.endswith('.png')) if os.path.isdir(image_dir) else 0
+    if found != n:
+        raise DataError(f'{name}: {image_dir} has {found} .png images, expected {n}')
+
+    def generate():
+        for i in range(n):
+            path = os.path.join(image_dir, f'{i:06d}.png')
+            try:
+                with Image.open(path) as im:
+                    image = np.asarray(im)
+            except (OSError, ValueError) as e:
+                raise DataError(f'{name}: cannot read {path} ({type(e).__name__}: {e})') from None
+            if image.shape != (128, 128, 3) or image.dtype != np.uint8:
+                raise DataError(f'{name}: {path} is {image.dtype} {image.shape}, expected uint8 (128, 128, 3)')
+            yield i, _halve(image), factors[i]
+    return generate()
+
+
+def _cars3d_examples(manual_dir, sizes):
+    """cars/*.mat (sorted: object index), each with `im` uint8 of shape
+    (128, 128, 3, azimuths, elevations), read by scipy."""
+    import scipy.io
+    folder = next((f for f in (os.path.join(manual_dir, 'cars'), os.path.join(manual_dir, 'data', 'cars'))
+                   if os.path.isdir(f)), os.path.join(manual_dir, 'cars'))
+    files = sorted(glob.glob(os.path.join(folder, '*.mat')))
+    elevations, azimuths, objects = sizes
+    if len(files) != objects:
+        raise DataError(f'cars3d: {folder} has {len(files)} .mat files, expected {objects}; extract '
+                        f'nips2015-analogy-data.tar.gz and pass the folder holding cars/ (or data/cars/)')
+
+    def generate():
+        for obj, path in enumerate(files):
+            try:
+                mesh = scipy.io.loadmat(path)['im']
+            except Exception as e:  # scipy raises many types for a bad file
+                raise DataError(f'cars3d: cannot read {path} as a .mat file with `im` '
+                                f'({type(e).__name__}: {e})'.replace('\n', ' ')) from None
+            if mesh.shape != (128, 128, 3, azimuths, elevations) or mesh.dtype != np.uint8:
+                raise DataError(f'cars3d: {path} holds im {mesh.dtype} {mesh.shape}, '
+                                f'expected uint8 {(128, 128, 3, azimuths, elevations)}')
+            small = _halve(mesh.transpose(3, 4, 0, 1, 2))  # (azimuth, elevation, 64, 64, 3)
+            for a in range(azimuths):
+                for e in range(elevations):
+                    yield np.ravel_multi_index((e, a, obj), sizes), small[a, e], (e, a, obj)
+    return generate()
+
+
+# ---------------------------------------------------------------- preparing
+@functools.cache
+def _builder_class():
+    """This file's tfds builder, defined on first use (tfds imports slowly).
+    One class for every file-based dataset: a config per dataset carries its
+    name and factor sizes; the reader in _DATASETS does the work."""
     import tensorflow_datasets as tfds
 
+    @dataclasses.dataclass
+    class FilesConfig(tfds.core.BuilderConfig):
+        factor_sizes: tuple = ()
+
+    class Disentax(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version(_BUILDER_VERSION)
+        MANUAL_DOWNLOAD_INSTRUCTIONS = 'See the Datasets table in README.md.'
+
+        def _info(self):
+            cfg = self.builder_config
+            spec = _DATASETS[cfg.name]
+            features = {'image': tfds.features.Tensor(shape=(64, 64, spec['channels']), dtype=np.uint8,
+                                                      encoding=tfds.features.Encoding.BYTES)}
+            for (factor, _), size in zip(spec['factors'], cfg.factor_sizes):
+                features[f'label_{factor}'] = tfds.features.ClassLabel(num_classes=size)
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                         description=f'{cfg.name} built by disentax data.py from {spec["file"]}')
+
+        def _split_generators(self, dl_manager):
+            cfg = self.builder_config
+            spec = _DATASETS[cfg.name]
+            examples = spec['examples'](os.fspath(dl_manager.manual_dir), cfg.factor_sizes)  # checks the files now
+            return {'train': self._generate_examples(examples, cfg)}
+
+        def _generate_examples(self, examples, cfg):
+            names = [f'label_{factor}' for factor, _ in _DATASETS[cfg.name]['factors']]
+            with _progress_bar(f'preparing {cfg.name}', math.prod(cfg.factor_sizes)) as bar:
+                for key, image, factors in examples:
+                    yield int(key), {'image': image, **{k: int(v) for k, v in zip(names, factors)}}
+                    bar.update()
+
+    return FilesConfig, Disentax
+
+
+def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
+    """Build `name` from the downloaded files in `manual_dir` into the data dir.
+
+    factor_sizes: a reduced factor grid, for tests on tiny files (file-based datasets only).
+    """
+    if name not in _DATASETS:
+        raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
+    spec = _DATASETS[name]
+    if 'render' in spec:
+        print(f'{name} is procedural: nothing to prepare')
+        return
+    if 'derived_from' in spec:
+        print(f'{name} is computed from {spec["derived_from"]} when read: preparing {spec["derived_from"]}')
+        return prepare(spec['derived_from'], manual_dir, data_dir)
+    if 'tfds' in spec:
+        needed = ('tensorflow', 'h5py') if name != 'smallnorb' else ('tensorflow',)
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if missing:
+            raise DataError(f"preparing {name} needs {' and '.join(missing)}: pip install -r requirements-tf.txt")
+    if not manual_dir or not os.path.isdir(os.path.expanduser(manual_dir)) or not os.listdir(
+            os.path.expanduser(manual_dir)):
+        raise DataError(f'--manual_dir={manual_dir!r} is not a folder or is empty; get {spec["file"]} '
+                        f'into a folder DIR and pass --manual_dir=DIR')
+    manual_dir = os.path.expanduser(manual_dir)
     root = _resolve_data_dir(data_dir)
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-    tfds.builder(name, data_dir=root, try_gcs=False).download_and_prepare(
-        download_config=config, file_format='array_record')
+    import tensorflow_datasets as tfds
+    if 'tfds' in spec:
+        if factor_sizes is not None:
+            raise DataError(f'{name} is built by its tfds catalog builder: factor_sizes cannot change')
+        builder = tfds.builder(spec['tfds'], data_dir=root, try_gcs=False)
+    else:
+        config_cls, builder_cls = _builder_class()
+        sizes = tuple(factor_sizes or (s for _, s in spec['factors']))
+        if len(sizes) != len(spec['factors']):
+            raise DataError(f'{name}: factor_sizes must have {len(spec["factors"])} entries, got {sizes}')
+        # tfds logs "Using custom data configuration": the configs are made here, not registered.
+        builder = builder_cls(config=config_cls(name=name, version=_BUILDER_VERSION, factor_sizes=sizes),
+                              data_dir=root)
+        tfds.disable_progress_bar()  # the examples carry their own bar, with a total
+    os.makedirs(root, exist_ok=True)
+    # Downloads/extractions go to a scratch folder, removed afterwards.
+    with tempfile.TemporaryDirectory(dir=root, prefix='.disentax-scratch-') as scratch:
+        try:
+            builder.download_and_prepare(
+                download_dir=scratch, file_format='array_record',
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False))
+        except Exception as e:  # tfds and the file readers raise many types
+            try:  # tfds removed its temporary folder; drop the empty folders above it too
+                os.removedirs(os.path.join(root, _tfds_path(name, spec)[0]))
+            except OSError:
+                pass  # not empty: an earlier version is there
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f'preparing {name} failed: {type(e).__name__}: {e}'.replace('\n', ' ')) from e
     ds = load(name, root)
     ds.index(np.zeros((1, len(ds.factor_sizes)), np.int64))  # builds and caches the index table
     print(f'{name}: {ds.num_examples} examples ready in {root}')
+    return ds
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Prepare a catalog dataset for load().')
+    parser = argparse.ArgumentParser(description='Prepare a dataset for load() from its downloaded files.')
     sub = parser.add_subparsers(dest='command', required=True)
-    prep = sub.add_parser('prepare', help='convert the downloaded file to array_record')
+    prep = sub.add_parser('prepare', help='convert the downloaded files to array_record')
     prep.add_argument('name', help=', '.join(DATASET_NAMES))
-    prep.add_argument('--manual_dir', help='folder holding the downloaded file (else tfds downloads it)')
+    prep.add_argument('--manual_dir', help='folder holding the downloaded files')
     prep.add_argument('--data_dir', help='output root (default $DISENTAX_DATA_DIR or ~/tensorflow_datasets)')
     args = parser.parse_args()
-    _prepare(args.name, args.manual_dir, args.data_dir)
+    try:
+        prepare(args.name, args.manual_dir, args.data_dir)
+    except DataError as e:
+        sys.exit(str(e))

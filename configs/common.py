@@ -7,13 +7,24 @@ import dataclasses
 
 import ml_collections
 
-# Ground-truth sources per dataset (the paper uses 2 x this many latents) and the default network.
+# Ground-truth sources per dataset (the paper uses 2 x this many latents), the number of images
+# (beta-TCVAE's estimator needs it) and the default network.
 # Procedural datasets default to the small network so a run finishes on a laptop CPU.
+# 'family': the key a config's per_dataset_model may use for every variant (the papers' "mpi3d").
 DATASETS = {
-    'toyshapes': {'num_sources': 6, 'network': 'small', 'procedural': True},
-    'toysprites': {'num_sources': 5, 'network': 'small', 'procedural': True},
-    'shapes3d': {'num_sources': 6, 'network': 'paper', 'procedural': False},
-    'dsprites': {'num_sources': 5, 'network': 'paper', 'procedural': False},
+    'toyshapes': {'num_sources': 6, 'num_examples': 480_000, 'network': 'small', 'procedural': True},
+    'toysprites': {'num_sources': 5, 'num_examples': 737_280, 'network': 'small', 'procedural': True},
+    'shapes3d': {'num_sources': 6, 'num_examples': 480_000, 'network': 'paper', 'procedural': False},
+    'dsprites': {'num_sources': 5, 'num_examples': 737_280, 'network': 'paper', 'procedural': False},
+    'color_dsprites': {'num_sources': 5, 'num_examples': 737_280, 'network': 'paper', 'procedural': False},
+    'smallnorb': {'num_sources': 4, 'num_examples': 48_600, 'network': 'paper', 'procedural': False},
+    'cars3d': {'num_sources': 3, 'num_examples': 17_568, 'network': 'paper', 'procedural': False},
+    # toy, realistic, real: the 6 colours x 6 shapes releases; complex: 4 x 4, the QLAE paper's mpi3d.
+    **{f'mpi3d_{variant}': {'num_sources': 7, 'num_examples': 460_800 if variant == 'complex' else 1_036_800,
+                            'network': 'paper', 'procedural': False, 'family': 'mpi3d'}
+       for variant in ('toy', 'realistic', 'real', 'complex')},
+    'falcor3d': {'num_sources': 7, 'num_examples': 233_280, 'network': 'paper', 'procedural': False},
+    'isaac3d': {'num_sources': 9, 'num_examples': 737_280, 'network': 'paper', 'procedural': False},
 }
 
 # Procedural datasets train on a schedule sized to finish in about ten minutes on a 2-core CPU.
@@ -56,13 +67,15 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
 
     model_config: the model file's Config dataclass instance holding its paper defaults.
     batch_size, num_steps: the paper's schedule.
-    per_dataset_model: {dataset: {field: value}} for settings the papers changed per dataset.
+    per_dataset_model: {dataset or family: {field: value}} for settings the papers changed per dataset;
+        a family key ('mpi3d') applies to each of its variants, an exact name wins over it.
     cpu_schedule: overrides of CPU_SCHEDULE for this model on the procedural datasets.
     """
     config = ml_collections.ConfigDict()
     config.model_name = model_name      # trains models/<model_name>.py
     config.dataset = dataset
     config.data_dir = ''                # '' -> $DISENTAX_DATA_DIR or ~/tensorflow_datasets
+    config.in_memory = False            # read the whole dataset into RAM first (fast access, needs the RAM)
     config.seed = 0
     config.batch_size = batch_size
     config.num_steps = num_steps
@@ -75,7 +88,9 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
     # Train steps per compiled call (jax.lax.scan). 1 by measurement (bench.py): on CPU XLA runs a
     # step inside a loop several times slower; on an accelerator try 10 or more.
     config.steps_per_call = 1
-    config.data_on_device = True        # batches sampled and rendered/gathered inside the compiled step
+    # True: batches sampled and rendered/gathered inside the compiled step. False by measurement: on
+    # CPU the default host loop was faster (README "Speed"); on an accelerator try True.
+    config.data_on_device = False
     config.num_seeds = 1                # >1: seeds seed..seed+num_seeds-1 at once (jax.vmap), DIR/seed_<s>
     config.distributed = False          # call jax.distributed.initialize() (multi-host data parallelism)
     if DATASETS[dataset]['procedural'] and 'paper' not in presets:
@@ -83,7 +98,9 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
 
     model = dataclasses.asdict(model_config)
     model['num_latents'] = 2 * DATASETS[dataset]['num_sources']
-    model.update((per_dataset_model or {}).get(dataset, {}))
+    per_dataset_model = per_dataset_model or {}
+    model.update(per_dataset_model.get(DATASETS[dataset].get('family'), {}))
+    model.update(per_dataset_model.get(dataset, {}))
     network = DATASETS[dataset]['network']
     for preset in presets:
         network = PRESETS[preset].get('network', network)

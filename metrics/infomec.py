@@ -13,6 +13,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
+from metrics._common import (check_choice, check_num_bins, check_pair, entropy_from_codes, histogram_discretize,
+                             label_encode, parallel_map, plugin_mutual_info)
+
 DISCRETE_ESTIMATORS = ("plugin",)
 CONTINUOUS_ESTIMATORS = ("knn", "histogram")
 # Unpenalised fits on (near-)separable data never converge; a cap keeps them fast
@@ -20,46 +23,10 @@ CONTINUOUS_ESTIMATORS = ("knn", "histogram")
 LOGISTIC_MAX_ITER = 200
 
 
-def _label_encode(column):
-    """Map arbitrary values to codes 0..n-1; returns (codes, n)."""
-    values, codes = np.unique(column, return_inverse=True)
-    return codes.reshape(-1), len(values)
-
-
-def _entropy_from_codes(codes, size):
-    """Plug-in (natural-log) entropy of a code vector with values in [0, size)."""
-    counts = np.bincount(codes, minlength=size)
-    counts = counts[counts > 0]
-    n = counts.sum()
-    return float(np.log(n) - (counts * np.log(counts)).sum() / n)
-
-
-def _plugin_mutual_info(latent_codes, source_codes):
-    """I(z_i; s_j) for all pairs from contingency tables; returns (K, d) in nats.
-
-    Uses I = H(z) + H(s) - H(z, s); the joint is one bincount per pair, fast enough
-    for N = 1e4, d * K ~ 100 pairs (~10 ms)."""
-    mi = np.zeros((len(source_codes), len(latent_codes)))
-    h_latent = [_entropy_from_codes(c, n) for c, n in latent_codes]
-    for j, (s, ns) in enumerate(source_codes):
-        h_source = _entropy_from_codes(s, ns)
-        for i, (z, nz) in enumerate(latent_codes):
-            h_joint = _entropy_from_codes(z * ns + s, nz * ns)
-            # Rounding can make the difference slightly negative; MI is >= 0.
-            mi[j, i] = max(h_latent[i] + h_source - h_joint, 0.0)
-    return mi
-
-
-def _histogram_discretize(latents, num_bins):
-    """Equal-width bins per column, exactly as disentanglement_lib does."""
-    return np.stack([np.digitize(col, np.histogram(col, num_bins)[1][:-1])
-                     for col in latents.T], axis=1)
-
-
 def _normalized_mutual_info(source_codes, latents, discrete_latents, estimator,
                             num_bins, random_state):
     """NMI_ij = I(z_i; s_j) / H(s_j), shape (K, d); sources with H = 0 get a zero row."""
-    h_source = np.array([_entropy_from_codes(s, n) for s, n in source_codes])
+    h_source = np.array([entropy_from_codes(s, n) for s, n in source_codes])
     if estimator == "knn":
         mi = np.zeros((len(source_codes), latents.shape[1]))
         informative = [j for j in range(len(source_codes)) if h_source[j] > 0]
@@ -73,9 +40,9 @@ def _normalized_mutual_info(source_codes, latents, discrete_latents, estimator,
         for j, row in zip(informative, rows):
             mi[j] = row
     else:
-        binned = latents if discrete_latents else _histogram_discretize(latents, num_bins)
-        latent_codes = [_label_encode(col) for col in binned.T]
-        mi = _plugin_mutual_info(latent_codes, source_codes)
+        binned = latents if discrete_latents else histogram_discretize(latents, num_bins)
+        latent_codes = [label_encode(col) for col in binned.T]
+        mi = plugin_mutual_info(latent_codes, source_codes)
     nmi = np.divide(mi, h_source[:, None], out=np.zeros_like(mi),
                     where=h_source[:, None] > 0)
     return np.nan_to_num(nmi, nan=0.0, posinf=0.0, neginf=0.0)
@@ -108,7 +75,7 @@ def _explicitness_features(latents, active, discrete_latents):
     if discrete_latents:
         blocks = []
         for col in columns.T:
-            codes, n = _label_encode(col)
+            codes, n = label_encode(col)
             blocks.append(np.eye(n)[codes])
         return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(latents), 0))
     columns = columns.astype(np.float64)
@@ -134,50 +101,25 @@ def _logistic_explicitness(features, codes):
     return (null - cross_entropy) / null
 
 
-def _explicitness(features, source_codes):
+def _explicitness(features, source_codes, n_jobs):
     """InfoE (logistic) and its linear-regression R^2 variant, averaged over the
     sources with at least two classes; 0.0 if there are none or no features."""
     usable = [(s, n) for s, n in source_codes if n > 1]
     if features.shape[1] == 0 or not usable:
         return 0.0, 0.0
-    # Sequential on purpose: measured on 2 cores, threads gave no speed-up (the lbfgs
-    # loop holds the GIL) and process workers cost more to start than they save.
-    infoe = [_logistic_explicitness(features, s) for s, _ in usable]
+    # One lbfgs fit per source in worker processes (threads gain nothing: lbfgs holds
+    # the GIL). Same fits as in sequence, so the same numbers.
+    infoe = parallel_map(_logistic_explicitness, [(features, s) for s, _ in usable], n_jobs)
     # All standardised sources as one multi-output least-squares problem (one solve).
     targets = np.stack([(s - s.mean()) / s.std() for s, _ in usable], axis=1)
-    predictions = LinearRegression().fit(features, targets).predict(features)
+    with threadpool_limits(limits=1):
+        predictions = LinearRegression().fit(features, targets).predict(features)
     r2 = r2_score(targets, predictions, multioutput="raw_values")
     return float(np.mean(infoe)), float(np.mean(r2))
 
 
-def _validate(sources, latents, discrete_latents, estimator):
-    """Return (sources, latents, estimator) or raise one clear ValueError."""
-    sources, latents = np.asarray(sources), np.asarray(latents)
-    for name, array in (("sources", sources), ("latents", latents)):
-        if array.ndim != 2:
-            raise ValueError(f"{name} must be 2D (N, columns); got shape {array.shape}")
-        if array.shape[1] == 0:
-            raise ValueError(f"{name} must have at least one column; got shape {array.shape}")
-    if len(sources) != len(latents):
-        raise ValueError(f"sources and latents must have the same number of samples N; "
-                         f"got {len(sources)} and {len(latents)}")
-    if len(sources) == 0:
-        raise ValueError("need at least one sample; got N == 0")
-    if latents.dtype.kind not in "biuf":
-        raise ValueError(f"latents must be numeric; got dtype {latents.dtype}")
-    if not np.all(np.isfinite(latents)):
-        raise ValueError("latents contain NaN or inf values")
-    valid = DISCRETE_ESTIMATORS if discrete_latents else CONTINUOUS_ESTIMATORS
-    estimator = valid[0] if estimator is None else estimator
-    if estimator not in valid:
-        kind = "discrete" if discrete_latents else "continuous"
-        raise ValueError(f"unknown estimator {estimator!r} for {kind} latents; "
-                         f"expected one of {valid}")
-    return sources, latents, estimator
-
-
 def infomec(sources, latents, discrete_latents, *, estimator=None, num_bins=20,
-            prune_fraction=None, random_state=0):
+            prune_fraction=None, random_state=0, n_jobs=1):
     """Compute InfoM, InfoE and InfoC between ground-truth sources and latents.
 
     Args:
@@ -190,6 +132,8 @@ def infomec(sources, latents, discrete_latents, *, estimator=None, num_bins=20,
         prune_fraction * the largest range. Default 0 for discrete latents and 1/20
         for continuous ones; 1/8 reproduces the QLAE paper's training runs.
       random_state: seed for the kNN estimator's tie-breaking noise.
+      n_jobs: worker processes for the InfoE fits (-1: one per core). Default 1 (in this process):
+        train.py calls this every eval_every steps, where starting workers costs more than it saves.
 
     Returns a dict with 'infom', 'infoe', 'infoc', 'nmi' (K, d), 'active' (d,),
     'num_active', 'infom_gap', 'infoc_gap', 'infoe_regression' and the parameters.
@@ -203,10 +147,14 @@ def infomec(sources, latents, discrete_latents, *, estimator=None, num_bins=20,
     so a badly fitting model could make it slightly negative. NMI is not clipped
     either: the kNN estimate can exceed H(s_j) by a little, giving NMI slightly > 1.
     """
-    sources, latents, estimator = _validate(sources, latents, discrete_latents, estimator)
+    sources, latents = check_pair(sources, latents)
+    valid = DISCRETE_ESTIMATORS if discrete_latents else CONTINUOUS_ESTIMATORS
+    estimator = valid[0] if estimator is None else estimator
+    check_choice(f'estimator for {"discrete" if discrete_latents else "continuous"} latents', estimator, valid)
+    num_bins = check_num_bins(num_bins)
     if prune_fraction is None:
         prune_fraction = 0.0 if discrete_latents else 1.0 / 20.0
-    source_codes = [_label_encode(col) for col in sources.T]
+    source_codes = [label_encode(col) for col in sources.T]
     num_sources = len(source_codes)
 
     # One BLAS/OpenMP thread: these matrices are small, and multi-threaded BLAS made
@@ -230,8 +178,7 @@ def infomec(sources, latents, discrete_latents, *, estimator=None, num_bins=20,
             infoc = _normalized_sparsity(active_nmi, 1, num_active)
 
     features = _explicitness_features(latents, active, discrete_latents)
-    with threadpool_limits(limits=1):
-        infoe, infoe_regression = _explicitness(features, source_codes)
+    infoe, infoe_regression = _explicitness(features, source_codes, n_jobs)
 
     return {
         "infom": infom,
@@ -246,4 +193,5 @@ def infomec(sources, latents, discrete_latents, *, estimator=None, num_bins=20,
         "estimator": estimator,
         "prune_fraction": prune_fraction,
         "num_bins": num_bins,
+        "infoe_max_iter": LOGISTIC_MAX_ITER,
     }

@@ -1,5 +1,8 @@
 """Speed modes of train.py give the results of the plain loop: fused steps, device-resident data,
-vmapped seeds, 8 devices, and resume with several seeds and several steps per call."""
+vmapped seeds, 8 devices, and resume with several seeds and several steps per call.
+
+Compiles are the cost here: one two-seed compiled call (K steps, device data) serves the in-process
+tests, the reference is the model's own train_step, and the 8-device subprocess runs one call per mode."""
 import json
 import os
 import subprocess
@@ -14,13 +17,14 @@ import train
 from configs import qlae as qlae_config
 from tests.conftest import ROOT
 
-K = 3  # steps per compiled call in these tests
+K = 2  # steps per compiled call in these tests
 
 
 def tiny_config(**overrides):
     config = qlae_config.get_config('toyshapes,tiny')
     config.eval_samples = 200
     config.steps_per_call = K
+    config.data_on_device = True
     config.update(overrides)
     return config
 
@@ -30,9 +34,8 @@ def train_calls(config, num_calls):
     model, model_config = train.load_model(config)
     dataset = train.load_dataset(config)
     init_keys, _, _ = train.seed_keys(config)
-    mesh = train.data_mesh()
-    state = train.place_state([model.init(key, model_config, dataset.image_shape) for key in init_keys], mesh)
-    advance = train.make_trainer(model, model_config, dataset, config, mesh)
+    state, advance = train.make_trainer(model, model_config, dataset, config,
+                                        [model.init(key, model_config, dataset.image_shape) for key in init_keys])
     for call in range(num_calls):
         state, _ = advance(state, call * K, K)
     return train.unstack_to_host(state, config.num_seeds)
@@ -44,13 +47,14 @@ def assert_trees_close(a, b, atol):
 
 
 EIGHT_DEVICES = '''
-import json, sys
+import sys
 import numpy as np, jax
 from tests import test_speed
-# Both data modes: device-resident (batch sampled in the step) and host-fed (batch split over devices).
-states = [test_speed.train_calls(test_speed.tiny_config(data_on_device=mode), 2)[0] for mode in (True, False)]
+assert jax.device_count() == 8, jax.device_count()
+# One call of K steps in both data modes: device-resident (batch sampled in the step) and host-fed
+# (batch split over devices).
+states = [test_speed.train_calls(test_speed.tiny_config(data_on_device=mode), 1)[0] for mode in (True, False)]
 np.savez(sys.argv[1], *[np.asarray(x) for state in states for x in jax.tree.leaves(state)])
-print(json.dumps({"devices": jax.device_count()}))
 '''
 
 
@@ -67,10 +71,30 @@ def eight_device_run(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def device_run():
-    """Two calls of K steps, seed 0, batches rendered inside the compiled step."""
-    [state] = train_calls(tiny_config(), 2)
-    return state
+def reference():
+    """The plain loop: the model's own train_step, one call per step, batches read on the host.
+    {seed: [state after step K, state after step 2K]}, as numpy."""
+    config = tiny_config(num_seeds=2)
+    model, model_config = train.load_model(config)
+    dataset = train.load_dataset(config)
+    init_keys, train_keys, data_keys = train.seed_keys(config)
+    steps = np.arange(2 * K)
+    indices = np.asarray(train.indices_for_steps(data_keys, steps, config.batch_size, dataset.num_examples))
+    out = {}
+    for seed in range(2):
+        state, out[seed] = model.init(init_keys[seed], model_config, dataset.image_shape), []
+        for step in steps:
+            images = dataset.images(indices[step, seed]).astype(np.float32) / 255.0
+            state, _ = model.train_step(model_config, state, images, jax.random.fold_in(train_keys[seed], step))
+            if (step + 1) % K == 0:
+                out[seed].append(jax.tree.map(np.asarray, state))
+    return out
+
+
+@pytest.fixture(scope='module')
+def two_seed_run():
+    """Two compiled calls of K steps for seeds 0 and 1 (vmapped), batches rendered inside the step."""
+    return train_calls(tiny_config(num_seeds=2), 2)
 
 
 def test_eight_device_run_starts(eight_device_run):
@@ -78,20 +102,20 @@ def test_eight_device_run_starts(eight_device_run):
     assert process.poll() in (None, 0)
 
 
-def test_fused_device_resident_steps_equal_single_host_fed_steps(device_run):
-    """The reference: the model's own train_step, one call per step, batches read on the host."""
-    config = tiny_config()
-    model, model_config = train.load_model(config)
-    dataset = train.load_dataset(config)
-    init_keys, train_keys, data_keys = train.seed_keys(config)
-    state = model.init(init_keys[0], model_config, dataset.image_shape)
-    steps = np.arange(2 * K)
-    indices = np.asarray(train.indices_for_steps(data_keys, steps, config.batch_size, dataset.num_examples))
-    for step in steps:
-        images = dataset.images(indices[step, 0]).astype(np.float32) / 255.0
-        state, _ = model.train_step(model_config, state, images, jax.random.fold_in(train_keys[0], step))
-    assert int(device_run['step']) == 2 * K
-    assert_trees_close(device_run, state, atol=1e-6)
+def test_fused_vmapped_device_resident_steps_equal_plain_loop(two_seed_run, reference):
+    for seed in range(2):
+        assert int(two_seed_run[seed]['step']) == 2 * K
+        assert_trees_close(two_seed_run[seed], reference[seed][1], atol=1e-5)
+    assert not np.allclose(two_seed_run[0]['params']['decoder']['out'], two_seed_run[1]['params']['decoder']['out'])
+
+
+def test_default_run_calls_train_step_directly():
+    """The default (one seed, one step per call, host-fed, one device) skips compiled_steps: on CPU
+    the model's own jitted step measured faster; any speed field switches to the compiled call."""
+    config = qlae_config.get_config('toyshapes,tiny')
+    assert not train.uses_compiled_path(config)
+    for field, value in (('num_seeds', 2), ('steps_per_call', 2), ('data_on_device', True)):
+        assert train.uses_compiled_path(tiny_config(**{'steps_per_call': 1, 'data_on_device': False, field: value}))
 
 
 def test_device_batches_equal_host_batches():
@@ -100,13 +124,9 @@ def test_device_batches_equal_host_batches():
         dataset = data.load(name)
         indices = np.asarray(train.indices_for_steps(data_keys, np.arange(2), 16, dataset.num_examples))
         assert indices.shape == (2, 2, 16) and len(np.unique(indices)) > 50  # steps and seeds differ
-        # The index function gives the same numbers traced per step (device mode) as batched (host mode).
-        per_step = jax.jit(train.batch_indices, static_argnums=(2, 3))
-        np.testing.assert_array_equal(per_step(data_keys[1], 1, 16, dataset.num_examples), indices[1, 1])
+        # The index function gives the same numbers per step (device mode, default path) as batched (host mode).
+        np.testing.assert_array_equal(train.batch_indices(data_keys[1], 1, 16, dataset.num_examples), indices[1, 1])
         flat = indices.ravel()
-        factors = dataset.factors(flat)
-        float_device = jax.jit(lambda f: data._DATASETS[name]['render'](f, jax.numpy))(factors)
-        np.testing.assert_allclose(float_device, data._DATASETS[name]['render'](factors), atol=1e-5)
         device = np.asarray(jax.jit(train.device_images, static_argnums=(0, 1))(
             name, dataset.factor_sizes, None, flat)).astype(int)
         host = dataset.images(flat).astype(int)
@@ -114,30 +134,23 @@ def test_device_batches_equal_host_batches():
         assert np.abs(device - host).max() <= 1 and (device != host).mean() < 1e-4
 
 
-def test_vmapped_seeds_equal_separate_runs(device_run):
-    both = train_calls(tiny_config(num_seeds=2), 2)
-    [seed1] = train_calls(tiny_config(seed=1), 2)
-    assert_trees_close(both[0], device_run, atol=1e-5)
-    assert_trees_close(both[1], seed1, atol=1e-5)
-    assert not np.allclose(both[0]['params']['decoder']['out'], both[1]['params']['decoder']['out'])
-
-
-def test_eight_devices_match_one_device(eight_device_run, device_run):
+def test_eight_devices_match_one_device(eight_device_run, reference):
     process, path = eight_device_run
-    stdout, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
-    assert json.loads(stdout.strip().splitlines()[-1])['devices'] == 8
     with np.load(path) as f:
         leaves = [f[f'arr_{i}'] for i in range(len(f.files))]
-    reference = jax.tree.leaves(device_run)
-    assert len(leaves) == 2 * len(reference)
-    assert_trees_close(leaves[:len(reference)], reference, atol=1e-4)  # device-resident data
-    assert_trees_close(leaves[len(reference):], reference, atol=1e-4)  # host-fed data
+    expected = jax.tree.leaves(reference[0][0])  # seed 0 after K steps
+    assert len(leaves) == 2 * len(expected)
+    assert_trees_close(leaves[:len(expected)], expected, atol=1e-4)  # device-resident data
+    assert_trees_close(leaves[len(expected):], expected, atol=1e-4)  # host-fed data
 
 
-def test_resume_with_two_seeds_and_fused_steps(tmp_path):
+def test_resume_with_two_seeds_and_fused_steps(tmp_path, two_seed_run):
     config = tiny_config(num_seeds=2, num_steps=2 * K, log_every=K, checkpoint_every=K, eval_every=2 * K)
     uninterrupted = train.unstack_to_host(train.train(config, str(tmp_path)), 2)
+    for a, b in zip(uninterrupted, two_seed_run):
+        assert_trees_close(a, b, atol=0)
     seed_dirs = [tmp_path / 'seed_0', tmp_path / 'seed_1']
     assert [train.list_checkpoints(str(d)) for d in seed_dirs] == [[K, 2 * K]] * 2
     assert json.load(open(seed_dirs[1] / 'config.json'))['seed'] == 1
@@ -149,3 +162,11 @@ def test_resume_with_two_seeds_and_fused_steps(tmp_path):
         assert_trees_close(a, b, atol=0)
     steps = [json.loads(line)['step'] for line in open(seed_dirs[0] / 'metrics.jsonl')]
     assert steps == [0, K, 2 * K, 2 * K]  # eval 0, train K, train + eval 2K: none duplicated by the resume
+
+
+def test_divergence_names_the_seed(tmp_path):
+    """A non-finite loss in one seed of a many-seed run stops the run and says which seed."""
+    good = {'loss': np.float32(1.0)}
+    assert train.guard_finite(3, good, seed=1) == {'loss': 1.0}
+    with pytest.raises(train.Diverged, match=r'step 3 \(seed 7\): loss terms loss nan'):
+        train.guard_finite(3, {'loss': np.float32('nan')}, seed=7)

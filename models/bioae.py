@@ -1,0 +1,218 @@
+"""BioAE: an autoencoder with the biological constraints of non-negative, energy-efficient latents.
+
+Paper: "Disentanglement with Biological Constraints: A Theory of Functional Cell Types", Whittington,
+Dorrell, Ganguli, Behrens (ICLR 2023); trained here as the baseline of "Disentanglement via Latent
+Quantization", Hsu et al. (NeurIPS 2023).
+Train: python train.py --config=configs/bioae.py:shapes3d   (offline default: configs/bioae.py:toyshapes)
+
+The encoder's output is the latent, as in the plain AE. Two penalties shape it: a non-negativity
+term (mean relu(-z), firing rates cannot be negative) and an activity term (mean z^2, activity
+costs energy). Under both, the cheapest code gives each source its own latents, which is the
+paper's argument for disentanglement. Weight decay on the network completes the set of constraints.
+
+This file is self-contained: it imports only jax, optax, numpy and the standard library, so it can be
+copied alone into another project. Interface (shared by every file in models/):
+    Config, init(key, config, image_shape), train_step(config, state, images, key),
+    encode(config, state, images), decode(config, state, latents), DISCRETE.
+Deviations from the QLAE authors' code: none known in the loss; the network is written in plain JAX.
+"""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+DISCRETE = False  # encode() returns real numbers, so metrics treat the latents as continuous
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    num_latents: int = 12             # d; the paper uses 2 x number of sources
+    nonneg_weight: float = 1.0        # weight of mean relu(-z)
+    activity_weight: float = 0.1      # lambda_act, weight of mean z^2 (0.01 on shapes3d, mpi3d, falcor3d)
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4        # l2 on "regularized" parameters
+    grad_clip: float = 1.0            # element-wise clip of "regularized" gradients
+    # Network: the paper's "large" encoder and style decoder; shrink these lists for CPU runs.
+    enc_widths: tuple = (32, 32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256)
+    enc_kernels: tuple = (3, 3, 4) * 4
+    enc_strides: tuple = (1, 1, 2) * 4
+    dec_widths: tuple = (256, 256, 256, 128, 128, 128, 64, 64, 64, 32, 32, 32)
+    dec_kernels: tuple = (3, 3, 4) * 4
+    dec_strides: tuple = (1, 1, 2) * 4
+    mlp_width: int = 256
+
+    def __post_init__(self):
+        for name in ('num_latents', 'mlp_width'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
+        if self.learning_rate <= 0:
+            raise ValueError(f'model.learning_rate={self.learning_rate} must be > 0')
+        for prefix in ('enc', 'dec'):
+            lists = [getattr(self, f'{prefix}_{k}') for k in ('widths', 'kernels', 'strides')]
+            if len(set(map(len, lists))) != 1 or not lists[0]:
+                raise ValueError(f'model.{prefix}_widths/kernels/strides must be non-empty and of '
+                                 f'equal length, got lengths {[len(x) for x in lists]}')
+            for kernel, stride in zip(*lists[1:]):
+                if (kernel, stride) not in ((3, 1), (4, 2)):  # the paper's two block kinds, padding 1
+                    raise ValueError(f'model.{prefix}_kernels/strides: block ({kernel}, {stride}) is not '
+                                     'supported; accepted (kernel, stride): (3, 1), (4, 2)')
+        for name in ('nonneg_weight', 'activity_weight', 'weight_decay'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be >= 0')
+
+
+# ----------------------------------------------------------------------------------------------
+# Network: plain functions over nested dicts of arrays.
+# Leaf names say which optimizer group a parameter joins: 'w', 'scale', 'const' are regularized
+# (weight decay + clipping); 'b', 'bias', 'codebook' are not.
+# ----------------------------------------------------------------------------------------------
+
+def dense_init(rng, fan_in, fan_out):
+    return {'w': rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in), 'b': np.zeros(fan_out)}
+
+
+def dense(p, x):
+    return x @ p['w'] + p['b']
+
+
+def conv_init(rng, kernel, c_in, c_out):
+    return rng.normal(size=(kernel, kernel, c_in, c_out)) * np.sqrt(2.0 / (kernel * kernel * c_in))
+
+
+def conv(w, x, stride):
+    # PyTorch-style padding 1 for kernels 3 and 4: 3/1 keeps the size, 4/2 halves it.
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), [(1, 1), (1, 1)],
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def conv_transpose(w, x, stride):
+    """Transposed conv, PyTorch semantics with padding 1: out[s*i + t - 1] += x[i] w[t]."""
+    if stride == 1:  # kernel 3: the same as a padded conv with the kernel flipped, which is learned anyway
+        return conv(w, x, 1)
+    # Kernel 4, stride 2, written as four 2x2 convs, one per output phase, whose results interleave.
+    # Per axis: out[2m] = x[m-1] w[3] + x[m] w[1] and out[2m+1] = x[m] w[2] + x[m+1] w[0]. XLA's CPU
+    # backend runs the usual dilated-input form of this several times slower.
+    taps = {0: ([3, 1], (1, 0)), 1: ([2, 0], (0, 1))}  # phase -> (kernel taps, padding)
+    phases = [[jax.lax.conv_general_dilated(x, w[np.ix_(taps[ry][0], taps[rx][0])], (1, 1), [taps[ry][1], taps[rx][1]],
+                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+               for rx in (0, 1)] for ry in (0, 1)]
+    out = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (B, H, 2, W, 2, C)
+    b, h, _, w_, _, c = out.shape
+    return out.reshape(b, 2 * h, 2 * w_, c)
+
+
+def instance_norm(x, eps=1e-6):
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def encoder_init(rng, config, image_shape, out_dim):
+    blocks, c_in, size = [], image_shape[-1], image_shape[0]
+    for width, kernel, stride in zip(config.enc_widths, config.enc_kernels, config.enc_strides):
+        blocks.append({'w': conv_init(rng, kernel, c_in, width), 'scale': np.ones(width), 'bias': np.zeros(width)})
+        c_in, size = width, size // stride
+    return {'blocks': blocks,
+            'fc1': dense_init(rng, size * size * c_in, config.mlp_width),
+            'fc2': dense_init(rng, config.mlp_width, config.mlp_width),
+            'head': dense_init(rng, config.mlp_width, out_dim)}
+
+
+def encoder(p, config, x):
+    for block, stride in zip(p['blocks'], config.enc_strides):
+        x = instance_norm(conv(block['w'], x, stride)) * block['scale'] + block['bias']
+        x = jax.nn.leaky_relu(x, 0.2)
+    x = x.reshape(x.shape[0], -1)
+    x = jax.nn.relu(dense(p['fc1'], x))
+    x = jax.nn.relu(dense(p['fc2'], x))
+    return dense(p['head'], x)
+
+
+def decoder_init(rng, config, image_shape, in_dim):
+    start = image_shape[0] // int(np.prod(config.dec_strides))
+    c_in = config.dec_widths[0]
+    blocks = []
+    for width, kernel in zip(config.dec_widths, config.dec_kernels):
+        blocks.append({'w': conv_init(rng, kernel, c_in, width), 'style': dense_init(rng, config.mlp_width, 2 * width)})
+        c_in = width
+    return {'const': np.full((start, start, config.dec_widths[0]), 0.1),
+            'style1': dense_init(rng, in_dim, config.mlp_width),
+            'style2': dense_init(rng, config.mlp_width, config.mlp_width),
+            'blocks': blocks,
+            'out': conv_init(rng, 3, c_in, image_shape[-1])}
+
+
+def decoder(p, config, z):
+    """Style decoder: a learned constant image, modulated per block by an affine map of w(z)."""
+    w = jax.nn.relu(dense(p['style2'], jax.nn.relu(dense(p['style1'], z))))
+    x = jnp.broadcast_to(p['const'], (z.shape[0],) + p['const'].shape)
+    for block, stride in zip(p['blocks'], config.dec_strides):
+        x = instance_norm(jax.nn.leaky_relu(conv_transpose(block['w'], x, stride), 0.2))
+        a, b = jnp.split(jax.nn.relu(dense(block['style'], w)), 2, axis=-1)
+        x = x * a[:, None, None, :] + b[:, None, None, :]
+    return conv(p['out'], x, 1)  # logits
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss: reconstruction + non-negativity + activity
+# ----------------------------------------------------------------------------------------------
+
+def loss_fn(params, config, images):
+    z = encoder(params['encoder'], config, images)
+    logits = decoder(params['decoder'], config, z)
+    bce = optax.sigmoid_binary_cross_entropy(logits, images).mean()
+    nonneg = jax.nn.relu(-z).mean()
+    activity = (z ** 2).mean()
+    loss = bce + config.nonneg_weight * nonneg + config.activity_weight * activity
+    return loss, {'loss': loss, 'bce': bce, 'nonneg': nonneg, 'activity': activity}
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer, init and the jitted step
+# ----------------------------------------------------------------------------------------------
+
+def param_groups(params):
+    def group(path, _):
+        name = path[-1].key
+        return 'regularized' if name in ('w', 'scale', 'const') else 'unregularized'
+    return jax.tree_util.tree_map_with_path(group, params)
+
+
+def optimizer(config):
+    regularized = optax.chain(optax.clip(config.grad_clip),
+                              optax.adamw(config.learning_rate, 0.9, 0.999, weight_decay=config.weight_decay))
+    return optax.multi_transform({'regularized': regularized,
+                                  'unregularized': optax.adam(config.learning_rate, 0.9, 0.999)},
+                                 param_groups)
+
+
+def init(key, config, image_shape):
+    # Draw the initial weights with numpy, seeded by the key: on CPU, compiling a jax.random kernel
+    # for every parameter shape takes longer than training a small model for a minute.
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    params = {'encoder': encoder_init(rng, config, image_shape, config.num_latents),
+              'decoder': decoder_init(rng, config, image_shape, config.num_latents)}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    return {'params': params, 'opt_state': optimizer(config).init(params), 'step': jnp.zeros((), jnp.int32)}
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def train_step(config, state, images, key):
+    del key  # the BioAE is deterministic; the key is part of the shared interface
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state['params'], config, images)
+    updates, opt_state = optimizer(config).update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1}, metrics
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode(config, state, images):
+    return encoder(state['params']['encoder'], config, images)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def decode(config, state, latents):
+    return jax.nn.sigmoid(decoder(state['params']['decoder'], config, latents))
