@@ -113,3 +113,19 @@ print('ok', qlae.encode(config, state, images).shape)
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'ok (4, 4)' in result.stdout
+
+
+def test_transposed_conv_matches_the_scatter_definition():
+    # out[s*i + t - 1] += x[i] w[t] per axis (PyTorch's ConvTranspose, padding 1), written as loops.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+    w = rng.normal(size=(4, 4, 3, 2)).astype(np.float32)
+    expected = np.zeros((2, 10, 12, 2))
+    for i in range(5):
+        for j in range(6):
+            for ty in range(4):
+                for tx in range(4):
+                    oy, ox = 2 * i + ty - 1, 2 * j + tx - 1
+                    if 0 <= oy < 10 and 0 <= ox < 12:
+                        expected[:, oy, ox] += x[:, i, j] @ w[ty, tx]
+    np.testing.assert_allclose(qlae.conv_transpose(jnp.asarray(w), jnp.asarray(x), 2), expected, atol=1e-4)
