@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from metrics import infomec as infomec_module
-from metrics._common import discretized_mutual_info, histogram_discretize, label_encode
+from metrics._common import histogram_discretize, label_encode
 from metrics.dci import dci
 from metrics.infomec import infomec
 from metrics.mig import mig
