@@ -47,7 +47,7 @@ import data
 CHECKPOINT_VERSION = 1
 CHECKPOINTS_KEPT = 2
 # How a run executes, not what it computes: they may change between a stop and its resume.
-EXECUTION_FIELDS = ('steps_per_call', 'data_on_device', 'num_seeds', 'distributed')
+EXECUTION_FIELDS = ('steps_per_call', 'data_on_device', 'num_seeds', 'distributed', 'cpu_devices')
 
 
 DEFAULT_CONFIG = 'configs/qlae.py:toyshapes'
@@ -408,6 +408,7 @@ def check_execution(config):
         value = config.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f'{name}={value!r} is invalid; accepted: an integer >= 1')
+    cpu_device_count(config, cores=1)  # cpu_devices: 0 or a divisor of batch_size
     if not isinstance(config.get('data_on_device'), bool) or not isinstance(config.get('distributed'), bool):
         raise UserError(f"data_on_device={config.get('data_on_device')!r} and distributed="
                         f"{config.get('distributed')!r} are invalid; accepted: True or False")
@@ -415,6 +416,35 @@ def check_execution(config):
     if config.batch_size % devices:
         raise UserError(f'batch_size={config.batch_size} must be divisible by the number of devices '
                         f'({devices}) the batch is split over')
+
+
+def cpu_device_count(config, cores):
+    """The virtual CPU devices split_cpu asks for on a machine with `cores` cores: None to leave JAX's
+    default (one device), else config.cpu_devices, or with 0 the largest divisor of batch_size <= cores."""
+    value = config.get('cpu_devices')
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UserError(f'cpu_devices={value!r} is invalid; accepted: an integer >= 0 (0: one per core)')
+    if value == 1 or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+        return None  # an XLA_FLAGS device count (the tests' 8 devices) is the user's choice: it wins
+    if value and config.batch_size % value:
+        raise UserError(f'cpu_devices={value} does not divide batch_size={config.batch_size}; '
+                        'accepted: a divisor of batch_size, or 0 (one device per core)')
+    return value or max(d for d in range(1, cores + 1) if config.batch_size % d == 0)
+
+
+def split_cpu(config):
+    """Split a CPU into virtual devices (cpu_device_count), which the batch is then sharded over as
+    over GPUs. Measured 1.5x faster on 2 cores (bench.py, README "Speed"): XLA:CPU runs one device's
+    small convolutions and fusions with cores idle, and separate devices run side by side. Call it
+    before JAX's first computation; it changes only JAX's CPU backend, so a GPU or TPU run is as before."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    count = cpu_device_count(config, cores)
+    if count is None:
+        return
+    try:
+        jax.config.update('jax_num_cpu_devices', count)
+    except RuntimeError:  # JAX already ran something in this process (train.train() from Python)
+        print(f'note: cpu_devices={config.cpu_devices} not applied: JAX was already initialised', flush=True)
 
 
 def data_mesh():
@@ -494,7 +524,28 @@ def compiled_steps(model, model_config, dataset_name, factor_sizes, num_examples
     `num_steps` train steps of `num_seeds` seeds. data_operand: with on_device, None or the uint8 table
     of device_images; else the host's uint8 batches (K, seeds, B, H, W, C). state is donated."""
     many = num_seeds > 1
-    per_seed = (lambda fn, in_axes=0: jax.vmap(fn, in_axes)) if many else (lambda fn, in_axes=0: fn)
+    # Two XLA:CPU lowerings shape this function (bench.py measures both; README "Speed"):
+    # - a convolution reaches the fast (Eigen) kernel only outside loops: inside a while loop the
+    #   weight gradient keeps its transposed layout and runs as a plain loop nest, 10-50x slower.
+    #   So on CPU the K steps are unrolled (compile time grows with K); accelerators keep the loop.
+    # - vmap turns the seeds' convolutions into one grouped convolution, which XLA:CPU runs several
+    #   times slower than N separate ones; so on CPU the seeds are unrolled too (they then also run
+    #   concurrently on the cores). Accelerators vmap.
+    cpu = mesh.devices.flat[0].platform == 'cpu'
+
+    def per_seed(fn, in_axes=0):
+        if not many:
+            return fn
+        if not cpu:
+            return jax.vmap(fn, in_axes)
+
+        def each_seed(*args):
+            axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+            outs = [fn(*(a if axis is None else jax.tree.map(lambda x: x[i], a) for a, axis in zip(args, axes)))
+                    for i in range(num_seeds)]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return each_seed
+
     train_step = per_seed(functools.partial(model.train_step, model_config))
     step_keys = per_seed(jax.random.fold_in, (0, None))
     step_indices = per_seed(batch_indices, (0, None, None, None))
@@ -515,19 +566,20 @@ def compiled_steps(model, model_config, dataset_name, factor_sizes, num_examples
             images = jax.lax.with_sharding_constraint(images.astype(jnp.float32) / 255.0, batch_sharding)
             return train_step(state, images, step_keys(train_keys, step))
 
-        if num_steps == 1:  # no loop: XLA:CPU runs a step inside a while loop several times slower
+        if num_steps == 1:
             return one_step(state, (first_step, None if on_device else data_operand[0]))
         steps = first_step + jnp.arange(num_steps)
-        state, metrics = jax.lax.scan(one_step, state, (steps, None if on_device else data_operand))
+        state, metrics = jax.lax.scan(one_step, state, (steps, None if on_device else data_operand),
+                                      unroll=num_steps if cpu else 1)
         return state, jax.tree.map(lambda m: m[-1], metrics)
 
     return jax.jit(run, donate_argnums=0, out_shardings=replicated)
 
 
 def uses_compiled_path(config):
-    """Whether a run goes through compiled_steps. The default run (one seed, one step per call,
-    host-fed data, one device) calls model.train_step directly: on CPU that measured faster than
-    the same step inside compiled_steps (README "Speed")."""
+    """Whether a run goes through compiled_steps. A run with every speed field off (one seed, one
+    step per call, host-fed data, one device) calls model.train_step directly, one call per step:
+    the research code's loop, bench.py's baseline."""
     return (config.num_seeds > 1 or config.steps_per_call > 1 or config.data_on_device
             or jax.device_count() > 1)
 
@@ -863,6 +915,8 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f'unexpected arguments: {" ".join(argv[1:])}; accepted: --flag=value only')
     config = FLAGS.config
+    validate_config(config)
+    split_cpu(config)  # before JAX runs anything
     train(config, FLAGS.workdir or default_workdir(config), FLAGS.overwrite)
 
 

@@ -85,12 +85,15 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
     config.eval_samples = 10_000        # fixed evaluation set, drawn with eval_seed
     config.eval_seed = 0
     # Execution (README "Speed"); they change how fast a run goes, not what it computes.
-    # Train steps per compiled call (jax.lax.scan). 1 by measurement (bench.py): on CPU XLA runs a
-    # step inside a loop several times slower; on an accelerator try 10 or more.
-    config.steps_per_call = 1
-    # True: batches sampled and rendered/gathered inside the compiled step. False by measurement: on
-    # CPU the default host loop was faster (README "Speed"); on an accelerator try True.
-    config.data_on_device = False
+    # Train steps per compiled call (jax.lax.scan). 5 by measurement (bench.py, 2-core CPU, small
+    # network): 1.37x / 1.48x / 1.55x / 1.50x the host-fed loop at K = 1 / 2 / 5 / 10, and on CPU the
+    # K steps are unrolled, so compile time grows with K (10 s / 19 s / 34 s at K = 1 / 5 / 10).
+    config.steps_per_call = 5
+    # True: batches sampled and rendered (procedural data) or gathered (the whole uint8 set, put on
+    # the device: 5.9 GB for shapes3d) inside the compiled step. False: the host reads them.
+    config.data_on_device = True
+    # CPU only: virtual devices the batch is split over; 0: one per core (train.split_cpu).
+    config.cpu_devices = 0
     config.num_seeds = 1                # >1: seeds seed..seed+num_seeds-1 at once (jax.vmap), DIR/seed_<s>
     config.distributed = False          # call jax.distributed.initialize() (multi-host data parallelism)
     if DATASETS[dataset]['procedural'] and 'paper' not in presets:

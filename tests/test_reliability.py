@@ -22,7 +22,10 @@ from tests.conftest import ROOT
 
 # Short and fine-grained: a log line every step (the kill points), a checkpoint every 3 steps.
 SCHEDULE = {'num_steps': 12, 'checkpoint_every': 3, 'log_every': 1, 'eval_every': 12, 'eval_samples': 100}
-CONFIG_ARGS = ['--config=configs/qlae.py:toyshapes,tiny'] + [f'--config.{k}={v}' for k, v in SCHEDULE.items()]
+# cpu_devices=1: the train.py subprocesses must compute bit for bit what train.train() computes in this
+# (one-device) process; splitting the CPU is tested in test_speed.py.
+CONFIG_ARGS = (['--config=configs/qlae.py:toyshapes,tiny', '--config.cpu_devices=1']
+               + [f'--config.{k}={v}' for k, v in SCHEDULE.items()])
 
 
 def short_config(**overrides):
@@ -220,6 +223,8 @@ def test_bad_config_argument_is_one_error(argv, message, monkeypatch):
     ({'log_every': 0}, 'log_every=0 is invalid'),
     ({'eval_samples': 0}, 'eval_samples=0 is invalid'),
     ({'seed': -1}, 'seed=-1 is invalid; accepted: an integer >= 0'),
+    ({'cpu_devices': -1}, 'cpu_devices=-1 is invalid; accepted: an integer >= 0 (0: one per core)'),
+    ({'cpu_devices': 3}, 'cpu_devices=3 does not divide batch_size=8; accepted: a divisor of batch_size, or 0'),
     ({'model.learning_rate': 0.0}, 'model.learning_rate=0.0 must be > 0'),
     ({'model.learning_rate': -1e-3}, 'model.learning_rate=-0.001 must be > 0'),
     ({'model.num_latents': 0}, 'model.num_latents=0 must be >= 1'),

@@ -109,13 +109,25 @@ def test_fused_vmapped_device_resident_steps_equal_plain_loop(two_seed_run, refe
     assert not np.allclose(two_seed_run[0]['params']['decoder']['out'], two_seed_run[1]['params']['decoder']['out'])
 
 
-def test_default_run_calls_train_step_directly():
-    """The default (one seed, one step per call, host-fed, one device) skips compiled_steps: on CPU
-    the model's own jitted step measured faster; any speed field switches to the compiled call."""
-    config = qlae_config.get_config('toyshapes,tiny')
-    assert not train.uses_compiled_path(config)
+def test_speed_fields_choose_the_compiled_call():
+    """With every speed field off a run calls the model's own jitted step, one call per step (the
+    research code's loop); the defaults, or any one speed field, take the compiled call."""
+    plain = {'steps_per_call': 1, 'data_on_device': False}
+    assert not train.uses_compiled_path(tiny_config(**plain))
+    assert train.uses_compiled_path(qlae_config.get_config('toyshapes,tiny'))
     for field, value in (('num_seeds', 2), ('steps_per_call', 2), ('data_on_device', True)):
-        assert train.uses_compiled_path(tiny_config(**{'steps_per_call': 1, 'data_on_device': False, field: value}))
+        assert train.uses_compiled_path(tiny_config(**{**plain, field: value}))
+
+
+@pytest.mark.parametrize('cpu_devices, batch_size, cores, expected', [
+    (0, 32, 2, 2), (0, 32, 3, 2), (0, 12, 8, 6), (0, 7, 2, 1), (4, 32, 2, 4), (1, 32, 16, None)])
+def test_cpu_device_count(cpu_devices, batch_size, cores, expected, monkeypatch):
+    """0 splits the CPU into one device per core, as many as divide the batch; 1 leaves JAX's default."""
+    monkeypatch.delenv('XLA_FLAGS', raising=False)
+    config = tiny_config(cpu_devices=cpu_devices, batch_size=batch_size)
+    assert train.cpu_device_count(config, cores) == expected
+    monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+    assert train.cpu_device_count(config, cores) is None  # the user's XLA_FLAGS count wins
 
 
 def test_device_batches_equal_host_batches():
@@ -170,3 +182,22 @@ def test_divergence_names_the_seed(tmp_path):
     assert train.guard_finite(3, good, seed=1) == {'loss': 1.0}
     with pytest.raises(train.Diverged, match=r'step 3 \(seed 7\): loss terms loss nan'):
         train.guard_finite(3, {'loss': np.float32('nan')}, seed=7)
+
+
+def test_train_py_splits_the_cpu_and_matches_one_device(tmp_path):
+    """train.py (not train.train) splits the CPU into one device per core by default; the run ends
+    where this one-device process's run ends, to float tolerance."""
+    schedule = {'num_steps': 4, 'log_every': 2, 'eval_every': 4, 'checkpoint_every': 4, 'eval_samples': 100}
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    result = subprocess.run([sys.executable, 'train.py', '--config=configs/qlae.py:toyshapes,tiny',
+                             *[f'--config.{k}={v}' for k, v in schedule.items()], f'--workdir={tmp_path / "cli"}'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    config = qlae_config.get_config('toyshapes,tiny')
+    config.update(schedule)
+    cores = len(os.sched_getaffinity(0))
+    devices = json.load(open(tmp_path / 'cli' / 'run_info.json'))['devices']
+    assert len(devices) == train.cpu_device_count(config, cores) and (len(devices) > 1 or cores == 1)
+    one_device = train.train(config, str(tmp_path / 'one'))
+    assert jax.device_count() == 1
+    assert_trees_close(train.restore_latest(str(tmp_path / 'cli'), one_device, 'qlae'), one_device, atol=1e-4)
