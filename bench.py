@@ -5,13 +5,14 @@
   python bench.py --models=qlae --quick            # fewer repeats, seeds 1 and 4, no metrics
 
 The training core of train.py, stripped and timed, in images/s:
-  (a) host-fed   one model.train_step call per step, float32 batches indexed on the host from a
-                 uint8 array in RAM: the research code's loop, the baseline of every ratio
+  (a) host-fed   one model.train_step call per step on one device, float32 batches indexed on the
+                 host from a uint8 array in RAM: the research code's loop, the baseline of every ratio
   (b) device     batches sampled by index and rendered/gathered inside the compiled step, 1 step/call
   (c) fused      (b) with K steps per compiled call (jax.lax.scan)
   (d) seeds=N    (c) for N seeds at once; images/s counts every seed's images
-  (e) 8 cpu devs (a) and (c) with the batch sharded over 8 CPU devices (a subprocess with XLA_FLAGS);
-                 its ratio is to the (a) measured in that subprocess
+  (b)-(d) run on the devices train.py uses: on a CPU, split into one device per core (--cpu_devices).
+  (c) on 1 CPU device, and (e) on 8 CPU devices: (a) and (c) in a subprocess with that many CPU
+                 devices; their ratio is to the (a) of their own process
 The modes are timed in interleaved rounds (a, b, c, d..., a, b, ...) after a warm-up call each, and
 each reports the median round, so a load change on a shared machine hits every mode alike. Also
 printed: each mode's first call (compilation included), achieved FLOP/s (XLA's cost analysis of one
@@ -164,16 +165,27 @@ class Bench:
         return encode_seconds, seconds
 
 
-def devices_subprocess(args, name, network, batch_size):
-    """(e): {'host_fed': img/s, 'fused': img/s} on 8 CPU devices, measured in a fresh process."""
-    env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
-    command = [sys.executable, os.path.join(ROOT, 'bench.py'), '--only_devices', f'--models={name}',
-               f'--network={network}', f'--batch_size={batch_size}', f'--steps_per_call={args.steps_per_call}',
-               f'--repeats={args.repeats}', f'--calls={args.calls}']
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+def devices_subprocess(args, name, network, batch_size, count):
+    """{'host_fed': img/s, 'fused': img/s} with the CPU split into `count` devices, in a fresh process
+    (JAX fixes its CPU device count at start-up)."""
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    command = [sys.executable, os.path.join(ROOT, 'bench.py'), '--only_devices', f'--cpu_devices={count}',
+               f'--models={name}', f'--network={network}', f'--batch_size={batch_size}',
+               f'--steps_per_call={args.steps_per_call}', f'--repeats={args.repeats}', f'--calls={args.calls}']
+    result = subprocess.run(command, cwd=ROOT, env={**env, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True)
     if result.returncode != 0:
         return None, result.stderr.strip().splitlines()[-1:]
     return json.loads(result.stdout.strip().splitlines()[-1]), []
+
+
+def split_cpu_like_train_py(args):
+    """Before JAX starts: the CPU device count train.py would use (cpu_devices, default 0: one per core)."""
+    import ml_collections
+    config = ml_collections.ConfigDict({'cpu_devices': args.cpu_devices, 'batch_size': args.batch_size or 32})
+    try:
+        train.split_cpu(config)
+    except train.UserError as e:
+        sys.exit(f'error: {e}')
 
 
 def parse_args():
@@ -183,19 +195,27 @@ def parse_args():
                         help='comma-separated from small, paper, tiny (default: small on CPU, small,paper else)')
     parser.add_argument('--batch_size', type=int, default=0,
                         help="default: the paper's batch size on an accelerator, 32 on CPU")
-    parser.add_argument('--steps_per_call', type=int, default=10, help='K of the fused modes')
-    parser.add_argument('--seeds', default='1,4,10', help='N of the many-seed modes')
+    parser.add_argument('--steps_per_call', type=int, default=0, help="K of the fused modes (default: train.py's)")
+    parser.add_argument('--seeds', default='',
+                        help='N of the many-seed modes (default 1,4,10; on CPU 1,4, since its compile grows with N x K)')
     parser.add_argument('--repeats', type=int, default=5, help='interleaved timing rounds')
     parser.add_argument('--calls', type=int, default=2, help='compiled calls (of K steps) per timed round')
     parser.add_argument('--metrics', default=QUICK_METRICS,
                         help=f"metrics to time on the evaluation latents: a comma list, 'all', or 'none' "
                              f"(default {QUICK_METRICS}; dci's boosted trees take minutes on a CPU)")
     parser.add_argument('--quick', action='store_true', help='3 rounds, 1 call per round, seeds 1,4, no metrics')
-    parser.add_argument('--no_devices', action='store_true', help='skip (e), the 8-CPU-device subprocess')
-    parser.add_argument('--only_devices', action='store_true', help=argparse.SUPPRESS)  # (e)'s subprocess
+    parser.add_argument('--cpu_devices', type=int, default=0,
+                        help="CPU only: devices the batch of (b)-(d) is split over, as train.py's config field "
+                             "(default 0: one per core, train.py's default)")
+    parser.add_argument('--no_devices', action='store_true',
+                        help='skip the subprocesses: (c) on 1 CPU device and (e) on 8 CPU devices')
+    parser.add_argument('--only_devices', action='store_true', help=argparse.SUPPRESS)  # (c) on 1 / (e) on 8 CPU devices
     args = parser.parse_args()
+    split_cpu_like_train_py(args)  # first: JAX's CPU device count is fixed once JAX starts
     if args.quick:
         args.repeats, args.calls, args.seeds, args.metrics = 3, 1, '1,4', 'none'
+    args.steps_per_call = args.steps_per_call or bench_config('qlae', 'small', 32).steps_per_call
+    args.seeds = args.seeds or ('1,4' if jax.default_backend() == 'cpu' else '1,4,10')
     args.models = [n for n in args.models.split(',') if n] or model_names()
     unknown = sorted(set(args.models) - set(model_names()))
     if unknown:
@@ -216,7 +236,7 @@ def parse_args():
 def main():
     args = parse_args()
     steps = args.calls * args.steps_per_call
-    if args.only_devices:  # (e): (a) and (c) on this process's 8 CPU devices
+    if args.only_devices:  # a subprocess: (a) and (c) on this process's CPU devices
         bench = Bench(bench_config(args.models[0], args.network[0], args.batch_size))
         result = interleaved({'host_fed': bench.host_fed(steps),
                               'fused': bench.compiled(args.steps_per_call, args.calls, 1)}, args.repeats)
@@ -224,7 +244,7 @@ def main():
         return
 
     backend = jax.default_backend()
-    print(f'bench: {backend}, {jax.device_count()} device(s) [{jax.devices()[0].device_kind}], '
+    print(f'bench: {backend}, {jax.device_count()} device(s) [{jax.devices()[0].device_kind}] for (b)-(d), '
           f'K={args.steps_per_call}, median of {args.repeats} interleaved rounds after a warm-up call', flush=True)
     peak = matmul_flops_per_s(args.repeats)
     print(f'dense matmul: {peak / 1e9:.1f} GFLOP/s', flush=True)
@@ -256,14 +276,16 @@ def main():
 
             for mode, (images_per_s, first_call) in measured.items():
                 report(mode, images_per_s, images_per_s / baseline, first_call)
-            if not args.no_devices:
-                devices, error = devices_subprocess(args, name, network, batch_size)
+            # The CPU split into 1 and 8 devices, each in its own process with its own (a), timed
+            # interleaved with it: (c) on one device shows what the split adds; (e) is the issue's 8.
+            for count, mode in ((1, '(c) on 1 CPU device'), (8, '(e) (c) on 8 CPU devices')):
+                if args.no_devices or (backend == 'cpu' and count == jax.device_count()):
+                    continue
+                devices, error = devices_subprocess(args, name, network, batch_size, count)
                 if devices:
-                    # Its ratio is to the (a) of its own process, timed interleaved with it.
-                    report('(e) (c) on 8 CPU devices', devices['fused'], devices['fused'] / devices['host_fed'],
-                           float('nan'))
+                    report(mode, devices['fused'], devices['fused'] / devices['host_fed'], float('nan'))
                 else:
-                    print(f'  (e) failed: {error}', flush=True)
+                    print(f'  {mode} failed: {error}', flush=True)
             eval_seconds, metric_seconds = bench.evaluation(args.metrics)
             print(f'  evaluation pass (encode 10,000 images, host reading included): {eval_seconds:.2f} s', flush=True)
             for metric, seconds in metric_seconds.items():

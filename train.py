@@ -387,10 +387,11 @@ def evaluate(model, model_config, state, dataset, eval_set):
 # Speed: device-resident data, K fused steps, vmapped seeds, data parallelism over devices
 # ================================================================================================
 # One compiled call runs `steps_per_call` train steps (jax.lax.scan) for `num_seeds` seeds at once
-# (jax.vmap over state and keys; plain when there is one seed), with the batch sharded over every
-# device (a 1-D Mesh 'data'; params replicated). With data_on_device the call samples its own batch
-# indices and renders (procedural data) or gathers (a uint8 table on the device) the images, so the
-# host does nothing per step. The model's jitted train_step is inlined; donation happens here.
+# (jax.vmap over state and keys on accelerators, unrolled on CPU; plain when there is one seed), with
+# the batch sharded over every device (a 1-D Mesh 'data'; params replicated; on CPU, split_cpu makes
+# one device per core). With data_on_device the call samples its own batch indices and renders
+# (procedural data) or gathers (a uint8 table on the device) the images, so the host does nothing
+# per step. The model's jitted train_step is inlined; donation happens here.
 
 _distributed_started = False
 

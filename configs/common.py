@@ -43,9 +43,10 @@ NETWORKS = {
 PRESETS = {
     'paper': {'network': 'paper'},
     'small': {'network': 'small'},
-    # For tests: tiny network, a handful of steps, small evaluation set.
+    # For tests: tiny network, a handful of steps, small evaluation set, one step per compiled call
+    # (on CPU a K-step call compiles K copies of the step: for 20 steps, more time than it saves).
     'tiny': {'network': 'tiny', 'batch_size': 8, 'num_steps': 20, 'eval_every': 10,
-             'checkpoint_every': 10, 'log_every': 5, 'eval_samples': 500},
+             'checkpoint_every': 10, 'log_every': 5, 'eval_samples': 500, 'steps_per_call': 1},
 }
 
 
@@ -94,7 +95,7 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
     config.data_on_device = True
     # CPU only: virtual devices the batch is split over; 0: one per core (train.split_cpu).
     config.cpu_devices = 0
-    config.num_seeds = 1                # >1: seeds seed..seed+num_seeds-1 at once (jax.vmap), DIR/seed_<s>
+    config.num_seeds = 1                # >1: seeds seed..seed+num_seeds-1 in one compiled step, DIR/seed_<s>
     config.distributed = False          # call jax.distributed.initialize() (multi-host data parallelism)
     if DATASETS[dataset]['procedural'] and 'paper' not in presets:
         config.update({**CPU_SCHEDULE, **(cpu_schedule or {})})
