@@ -212,8 +212,11 @@ def parse_args():
     parser.add_argument('--only_devices', action='store_true', help=argparse.SUPPRESS)  # (c) on 1 / (e) on 8 CPU devices
     args = parser.parse_args()
     split_cpu_like_train_py(args)  # first: JAX's CPU device count is fixed once JAX starts
-    if args.quick:
-        args.repeats, args.calls, args.seeds, args.metrics = 3, 1, '1,4', 'none'
+    if args.quick:  # fewer of everything, except what the command line set
+        given = {a.split('=')[0].lstrip('-') for a in sys.argv[1:]}
+        for field, value in (('repeats', 3), ('calls', 1), ('seeds', '1,4'), ('metrics', 'none')):
+            if field not in given:
+                setattr(args, field, value)
     args.steps_per_call = args.steps_per_call or bench_config('qlae', 'small', 32).steps_per_call
     args.seeds = args.seeds or ('1,4' if jax.default_backend() == 'cpu' else '1,4,10')
     args.models = [n for n in args.models.split(',') if n] or model_names()

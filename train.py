@@ -520,10 +520,12 @@ def host_batches(dataset, data_keys, first_step, num_steps, batch_size, sharding
 
 @functools.lru_cache(maxsize=None)
 def compiled_steps(model, model_config, dataset_name, factor_sizes, num_examples, batch_size,
-                   num_steps, num_seeds, on_device, mesh):
+                   num_steps, num_seeds, on_device, mesh, unroll=None):
     """jitted run(state, train_keys, data_keys, first_step, data_operand) -> (state, last metrics):
     `num_steps` train steps of `num_seeds` seeds. data_operand: with on_device, None or the uint8 table
-    of device_images; else the host's uint8 batches (K, seeds, B, H, W, C). state is donated."""
+    of device_images; else the host's uint8 batches (K, seeds, B, H, W, C). state is donated.
+    unroll: steps and seeds as straight-line code (True) or a while loop and vmap (False); None
+    picks by platform, True on CPU (see below)."""
     many = num_seeds > 1
     # Two XLA:CPU lowerings shape this function (bench.py measures both; README "Speed"):
     # - a convolution reaches the fast (Eigen) kernel only outside loops: inside a while loop the
@@ -532,12 +534,12 @@ def compiled_steps(model, model_config, dataset_name, factor_sizes, num_examples
     # - vmap turns the seeds' convolutions into one grouped convolution, which XLA:CPU runs several
     #   times slower than N separate ones; so on CPU the seeds are unrolled too (they then also run
     #   concurrently on the cores). Accelerators vmap.
-    cpu = mesh.devices.flat[0].platform == 'cpu'
+    unrolled = mesh.devices.flat[0].platform == 'cpu' if unroll is None else unroll
 
     def per_seed(fn, in_axes=0):
         if not many:
             return fn
-        if not cpu:
+        if not unrolled:
             return jax.vmap(fn, in_axes)
 
         def each_seed(*args):
@@ -571,7 +573,7 @@ def compiled_steps(model, model_config, dataset_name, factor_sizes, num_examples
             return one_step(state, (first_step, None if on_device else data_operand[0]))
         steps = first_step + jnp.arange(num_steps)
         state, metrics = jax.lax.scan(one_step, state, (steps, None if on_device else data_operand),
-                                      unroll=num_steps if cpu else 1)
+                                      unroll=num_steps if unrolled else 1)
         return state, jax.tree.map(lambda m: m[-1], metrics)
 
     return jax.jit(run, donate_argnums=0, out_shardings=replicated)

@@ -286,8 +286,10 @@ def train_step(config, state, images, key):
         return (optax.apply_updates(critic_params, updates), opt_state), metrics
 
     keys = jax.random.split(key, config.n_critic + 1)
+    # Unrolled: XLA:CPU runs a convolution inside a loop as a slow loop nest (10-50x); unrolling
+    # n_critic copies costs compile time only.
     (critic_params, critic_opt_state), critic_metrics = jax.lax.scan(
-        critic_update, (state['params']['critic'], state['opt_state']['critic']), keys[:-1])
+        critic_update, (state['params']['critic'], state['opt_state']['critic']), keys[:-1], unroll=True)
     z = sample_prior(critic_params, config, keys[-1], batch)
     gen_loss, grads = jax.value_and_grad(generator_loss_fn)(generator_params, critic_params, config, z)
     updates, generator_opt_state = optimizer(config).update(grads, state['opt_state']['generator'], generator_params)

@@ -5,10 +5,12 @@ Compiles are the cost here: one two-seed compiled call (K steps, device data) se
 tests, the reference is the model's own train_step, and the 8-device subprocess runs one call per mode."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -107,6 +109,51 @@ def test_fused_vmapped_device_resident_steps_equal_plain_loop(two_seed_run, refe
         assert int(two_seed_run[seed]['step']) == 2 * K
         assert_trees_close(two_seed_run[seed], reference[seed][1], atol=1e-5)
     assert not np.allclose(two_seed_run[0]['params']['decoder']['out'], two_seed_run[1]['params']['decoder']['out'])
+
+
+def convolutions_inside_loops(hlo_text):
+    """Convolutions reachable from a while-loop body of an optimised HLO module (text form)."""
+    computations = dict(re.findall(r'^(?:ENTRY )?%(\S+) .*?\{\n(.*?)^\}', hlo_text, re.M | re.S))
+    todo = re.findall(r'body=%([\w.-]+)', hlo_text)
+    seen, found = set(), 0
+    while todo:
+        name = todo.pop()
+        if name not in seen and name in computations:
+            seen.add(name)
+            found += computations[name].count(' convolution(')
+            todo += re.findall(r'(?:calls|to_apply|body|condition)=%([\w.-]+)', computations[name])
+    return found
+
+
+def compiled_two_seed_call(unroll):
+    config = tiny_config(num_seeds=2)
+    model, model_config = train.load_model(config)
+    dataset = train.load_dataset(config)
+    init_keys, train_keys, data_keys = train.seed_keys(config)
+    mesh = train.data_mesh()
+    run = train.compiled_steps(model, model_config, dataset.name, dataset.factor_sizes, dataset.num_examples,
+                               config.batch_size, K, 2, True, mesh, unroll=unroll)
+    state = train.place_state([model.init(k, model_config, dataset.image_shape) for k in init_keys], mesh)
+    return run.lower(state, train_keys, data_keys, jnp.int32(0), None).compile(), state, train_keys, data_keys
+
+
+def test_accelerator_form_while_loop_and_vmap_equals_plain_loop(reference):
+    """On CPU the steps and seeds are unrolled; an accelerator gets a while loop (jax.lax.scan) and
+    jax.vmap over seeds. That form, forced here on CPU, must compute the same."""
+    compiled, state, train_keys, data_keys = compiled_two_seed_call(unroll=False)
+    assert convolutions_inside_loops(compiled.as_text()) > 0  # the scan's while loop holds the steps
+    for call in range(2):
+        state, _ = compiled(state, train_keys, data_keys, jnp.int32(call * K), None)
+    for seed, host in enumerate(train.unstack_to_host(state, 2)):
+        assert_trees_close(host, reference[seed][1], atol=1e-5)
+
+
+def test_cpu_form_has_no_convolution_inside_a_loop():
+    """XLA:CPU runs a convolution inside a while loop as a slow loop nest (README "Speed"): the CPU
+    default must leave none there."""
+    compiled = compiled_two_seed_call(unroll=None)[0]
+    assert jax.default_backend() == 'cpu' and ' convolution(' in compiled.as_text()
+    assert convolutions_inside_loops(compiled.as_text()) == 0
 
 
 def test_speed_fields_choose_the_compiled_call():
