@@ -1,9 +1,6 @@
 """Categorical VAE: KL, noise schedule, TC permutation, straight-through gap, training, train/eval, the file alone."""
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +11,7 @@ import data
 import train
 from configs import categorical_vae as categorical_vae_config
 from models import categorical_vae
-from tests.conftest import ROOT
+from tests.conftest import run_with_model_files_alone
 
 
 def tiny_config():
@@ -114,7 +111,6 @@ def test_train_and_eval_on_toyshapes_tiny(tiny, tmp_path):
 
 
 def test_model_file_trains_with_tc_penalty_when_copied_alone(tmp_path):
-    shutil.copy(os.path.join(ROOT, 'models', 'categorical_vae.py'), tmp_path / 'categorical_vae.py')
     script = '''
 import jax, numpy as np, categorical_vae as m
 config = m.Config(num_latents=3, num_categories=8, tc_penalty=30.0, disc_layers=2, disc_width=16, anneal_steps=3,
@@ -130,11 +126,8 @@ assert {'tc', 'disc_loss'} <= set(metrics)
 assert not np.array_equal(disc_before[0]['w'], state['disc_params'][0]['w'])  # the discriminator trains
 print('ok', m.encode(config, state, images).shape, m.straight_through_gap(config, state, images) >= 0)
 '''
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert 'ok (4, 3) True' in result.stdout
+    stdout = run_with_model_files_alone(tmp_path, ['categorical_vae'], script)
+    assert 'ok (4, 3) True' in stdout
 
 
 def test_noise_anneals_over_the_whole_run_when_num_steps_is_overridden():

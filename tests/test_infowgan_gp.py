@@ -1,9 +1,6 @@
 """InfoWGAN-GP: gradient-penalty norms, latent prediction learning, train/eval, the quantized file alone."""
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +11,7 @@ import data
 import train
 from configs import infowgan_gp as infowgan_gp_config
 from models import infowgan_gp
-from tests.conftest import ROOT
+from tests.conftest import run_with_model_files_alone
 
 
 def tiny_config():
@@ -81,7 +78,6 @@ def test_train_and_eval_on_toyshapes_tiny(tiny, tmp_path):
 
 
 def test_quantized_model_file_trains_when_copied_alone(tmp_path):
-    shutil.copy(os.path.join(ROOT, 'models', 'infowgan_gp.py'), tmp_path / 'infowgan_gp.py')
     script = '''
 import jax, numpy as np, infowgan_gp as m
 config = m.Config(num_latents=3, quantized=True, n_critic=2, enc_widths=(8, 8), enc_kernels=(4, 4),
@@ -101,8 +97,5 @@ for i in range(3):  # prior samples and encodings are values of their latent's c
 assert len(np.unique(prior[:, 0])) > 5  # the prior picks among the values
 print('ok', latents.shape)
 '''
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert 'ok (4, 3)' in result.stdout
+    stdout = run_with_model_files_alone(tmp_path, ['infowgan_gp'], script)
+    assert 'ok (4, 3)' in stdout

@@ -4,7 +4,6 @@ import importlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ import train
 from configs import common
 from configs import tcvae as tcvae_config
 from models import tcvae, vae, vqvae
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_with_model_files_alone
 
 MODELS = ('ae', 'vae', 'tcvae', 'bioae', 'vqvae')
 
@@ -210,8 +209,6 @@ def test_train_and_eval_scripts_run_the_vqvae(tmp_path):
 
 
 def test_each_model_file_trains_when_copied_alone(tmp_path):
-    for name in MODELS:
-        shutil.copy(os.path.join(ROOT, 'models', f'{name}.py'), tmp_path / f'{name}.py')
     script = '''
 import importlib, jax, numpy as np
 images = np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)
@@ -225,8 +222,5 @@ for name in %r:
     assert int(state['step']) == 3 and np.isfinite(float(metrics['loss']))
     print(name, model.encode(config, state, images).shape)
 ''' % (MODELS,)
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split('\n')[:5] == [f'{name} (4, 3)' for name in MODELS], result.stdout
+    stdout = run_with_model_files_alone(tmp_path, MODELS, script)
+    assert stdout.split('\n')[:5] == [f'{name} (4, 3)' for name in MODELS], stdout

@@ -1,8 +1,4 @@
 """QLAE: quantizer, straight-through gradients, the loss falling, and the file working alone."""
-import os
-import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +8,7 @@ import pytest
 import data
 from configs import qlae as qlae_config
 from models import qlae
-from tests.conftest import ROOT
+from tests.conftest import run_with_model_files_alone
 
 
 @pytest.fixture(scope='module')
@@ -96,7 +92,6 @@ def test_loss_falls_on_toyshapes_tiny(tiny):
 
 
 def test_model_file_trains_when_copied_alone(tmp_path):
-    shutil.copy(os.path.join(ROOT, 'models', 'qlae.py'), tmp_path / 'qlae.py')
     script = '''
 import jax, numpy as np, qlae
 config = qlae.Config(num_latents=4, enc_widths=(8, 8), enc_kernels=(4, 4), enc_strides=(2, 2),
@@ -108,11 +103,8 @@ for step in range(3):
 assert int(state['step']) == 3 and np.isfinite(float(metrics['loss']))
 print('ok', qlae.encode(config, state, images).shape)
 '''
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert 'ok (4, 4)' in result.stdout
+    stdout = run_with_model_files_alone(tmp_path, ['qlae'], script)
+    assert 'ok (4, 4)' in stdout
 
 
 def test_transposed_conv_matches_the_scatter_definition():
