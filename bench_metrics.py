@@ -83,7 +83,7 @@ def encode_path(votes):
     tick = time.perf_counter()
     for _ in range(votes // 2):
         factors = np.stack([rng.integers(0, k, 64) for k in dataset.factor_sizes], axis=1)
-        np.asarray(encode(dataset.images_for_factors(factors)))
+        np.asarray(encode(dataset.images_for_factors(factors, rng)))
     plain = (votes // 2) * 64 / (time.perf_counter() - tick)
     print(f'{"FactorVAE encode path (images/s)":<34} {fv["images_per_s"]:8.0f}   {plain:8.0f}   '
           f'{fv["images_per_s"] / plain:7.2f}x  ({votes} train votes; score {fv["score"]:.3f})')

@@ -12,6 +12,10 @@ Reading never needs TensorFlow.
 Every dataset is the full factor grid: example index <-> factor indices is a
 bijection, which is what the disentanglement metrics need (smallnorb, whose
 10 object instances per category are not a factor, is the one exception).
+
+`DATASETS` holds what is known about each dataset without reading it (factor
+names and sizes, image shape, number of examples, whether it is procedural, its
+family); configs read it from here.
 """
 import argparse
 import dataclasses
@@ -41,16 +45,30 @@ _CHUNK = 256  # images rendered/decoded per step: bounds float32 temporaries
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a dataset without reading it (an entry of DATASETS)."""
+    name: str
+    factor_names: tuple[str, ...]
+    factor_sizes: tuple[int, ...]
+    image_shape: tuple[int, int, int]
+    num_examples: int   # every factor tuple times the examples sharing one (smallnorb: 10 instances)
+    procedural: bool    # rendered from factor indices: needs no files
+    family: str         # the name its variants share ('mpi3d' for the four mpi3d_*), else its own name
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
     name: str
     factor_names: tuple[str, ...]
     factor_sizes: tuple[int, ...]
     image_shape: tuple[int, int, int]
     num_examples: int
-    # Backend callables get validated int64 arrays.
+    # Backend callables get validated int64 arrays; _index also the rng (or None) of index().
     _images: Callable = dataclasses.field(repr=False, compare=False)
     _factors: Callable = dataclasses.field(repr=False, compare=False)
     _index: Callable = dataclasses.field(repr=False, compare=False)
+    # (factors, rng) -> images, for a dataset that draws more than an example (color_dsprites' colour).
+    _sample: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def images(self, indices) -> np.ndarray:
         """uint8 (n, 64, 64, C) images of the examples `indices` (n,)."""
@@ -62,8 +80,27 @@ class Dataset:
         """int64 (n, K) factor value indices of the examples `indices` (n,)."""
         return self._factors(_check_indices(indices, self.num_examples, self.name))
 
-    def index(self, factors) -> np.ndarray:
-        """int64 (n,) example index of each row of factor value indices (n, K)."""
+    def index(self, factors, rng=None) -> np.ndarray:
+        """int64 (n,) example index of each row of factor value indices (n, K).
+
+        Where several examples share a factor tuple (smallnorb's object instances), `rng` (a numpy
+        Generator) draws one of them per row, uniformly; None takes the first, a fixed choice."""
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise DataError(f'{self.name}: rng must be None or a numpy Generator, got {type(rng).__name__}')
+        return self._index(self._check_factors(factors), rng)
+
+    def images_for_factors(self, factors, rng) -> np.ndarray:
+        """uint8 images for rows of factor value indices (n, K), as disentanglement_lib's
+        sample_observations_from_factors: what the factors leave open is drawn per row from `rng`
+        (a numpy Generator, e.g. np.random.default_rng(seed)): smallnorb's object instance and
+        color_dsprites' colour. On the other datasets the images are a function of the factors."""
+        if not isinstance(rng, np.random.Generator):
+            raise DataError(f'{self.name}: rng must be a numpy Generator (np.random.default_rng(seed)), '
+                            f'got {type(rng).__name__}')
+        f = self._check_factors(factors)
+        return self._sample(f, rng) if self._sample else self.images(self._index(f, rng))
+
+    def _check_factors(self, factors):
         f = np.asarray(factors)
         f = f[None] if f.ndim == 1 else f
         if f.ndim != 2 or f.shape[1] != len(self.factor_sizes) or (f.size and f.dtype.kind not in 'iu'):
@@ -74,10 +111,7 @@ class Dataset:
             col = int(np.nonzero(bad.any(0))[0][0])
             raise DataError(f'{self.name}: factor {self.factor_names[col]!r} must be in '
                             f'[0, {self.factor_sizes[col]}), got {f[bad.any(1), col][0]}')
-        return self._index(f.astype(np.int64))
-
-    def images_for_factors(self, factors) -> np.ndarray:
-        return self.images(self.index(factors))
+        return f.astype(np.int64)
 
 
 def _check_indices(indices, n, name):
@@ -222,7 +256,9 @@ _MPI3D_URLS = {**{v: f'{_MPI3D_URL}/mpi3d_{v}.npz' for v in ('toy', 'realistic',
 # tensorflow-datasets' own catalog builders (preparing needs TensorFlow once);
 # 'examples' ones are built by this file's builder from the published files,
 # without TensorFlow. Every prepared one is read back the same way (_prepared).
-# 'file' is what the user downloads; it is quoted in error messages.
+# 'file' is what the user downloads; it is quoted in error messages. The public
+# facts (DATASETS below) come from 'factors', 'channels', 'per_tuple' (examples
+# sharing one factor tuple, default 1) and 'family'.
 _DATASETS = {
     'toyshapes': dict(factors=SHAPES_FACTORS, channels=3, render=render_toyshapes),
     'toysprites': dict(factors=SPRITES_FACTORS, channels=1, render=render_toysprites),
@@ -240,14 +276,19 @@ _DATASETS = {
         file='dsprites_ndarray_co1sh3sc6or40x32y32_64x64.hdf5 from the deepmind '
              'dsprites-dataset repo (https://github.com/deepmind/dsprites-dataset)'),
     # disentanglement_lib's colour variant: dsprites with each image's sprite
-    # multiplied by an RGB colour drawn from U(0.5, 1) per channel (here a
-    # fixed function of the example index, so reading is deterministic).
+    # multiplied by an RGB colour drawn from U(0.5, 1) per channel each time it
+    # is sampled. Here images(idx) gives example idx a fixed colour (a hash of
+    # idx), so a training run reads the same images again when it resumes;
+    # images_for_factors draws a fresh colour per row from the caller's rng, as
+    # disentanglement_lib does, so FactorVAE/BetaVAE batches vary the colour.
     'color_dsprites': dict(factors=SPRITES_FACTORS, channels=3, derived_from='dsprites'),
     'smallnorb': dict(
         # Both tfds splits (24,300 + 24,300), as disentanglement_lib does. The
         # toy `instance` (10 per category) is not a factor: each factor tuple
-        # has 10 images, and index() returns one fixed instance.
-        factors=SMALLNORB_FACTORS, channels=1, tfds='smallnorb', splits=('train', 'test'),
+        # has 10 images; images_for_factors draws one per row from the
+        # caller's rng, as disentanglement_lib does (index() without an rng
+        # returns the first, a fixed choice).
+        factors=SMALLNORB_FACTORS, per_tuple=10, channels=1, tfds='smallnorb', splits=('train', 'test'),
         labels=('label_category', 'label_elevation', 'label_azimuth', 'label_lighting'),
         file='the six smallnorb-5x*-{training,testing}-{dat,cat,info}.mat.gz files from '
              'https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/'),
@@ -256,7 +297,8 @@ _DATASETS = {
         # 6 shapes); complex: 4 colours x 4 shapes (460,800), the QLAE paper's mpi3d.
         factors=MPI3D_FACTORS if variant != 'complex' else
         (('object_color', 4), ('object_shape', 4)) + MPI3D_FACTORS[2:],
-        channels=3, examples=lambda manual_dir, sizes, variant=variant: _mpi3d_examples(manual_dir, variant, sizes),
+        channels=3, family='mpi3d',
+        examples=lambda manual_dir, sizes, variant=variant: _mpi3d_examples(manual_dir, variant, sizes),
         file=f'{_MPI3D_FILES[variant]} from {_MPI3D_URLS[variant]}')
        for variant in ('toy', 'realistic', 'real', 'complex')},
     'falcor3d': dict(
@@ -276,7 +318,11 @@ _DATASETS = {
         file='the folder cars/ of 183 car_*_mesh.mat files, from nips2015-analogy-data.tar.gz '
              '(http://www.scottreed.info/files/nips2015-analogy-data.tar.gz)'),
 }
-DATASET_NAMES = tuple(_DATASETS)
+DATASETS = {name: DatasetInfo(
+    name, tuple(n for n, _ in spec['factors']), tuple(s for _, s in spec['factors']), (64, 64, spec['channels']),
+    math.prod(s for _, s in spec['factors']) * spec.get('per_tuple', 1), 'render' in spec, spec.get('family', name))
+    for name, spec in _DATASETS.items()}
+DATASET_NAMES = tuple(DATASETS)
 _BUILDER = 'disentax'  # tfds name of this file's builder: DATA_DIR/disentax/<dataset>/<version>
 _BUILDER_VERSION = '1.0.0'
 
@@ -290,15 +336,15 @@ def load(name: str, data_dir: str | None = None, in_memory: bool = False) -> Dat
     spec = _DATASETS[name]
     if 'render' in spec:
         ds = _procedural(name, spec)
-    elif 'derived_from' in spec:
-        ds = _color_dsprites(name, load(spec['derived_from'], data_dir))
+    elif 'derived_from' in spec:  # colours are computed on read: only the grey images go into memory
+        return _color_dsprites(name, load(spec['derived_from'], data_dir, in_memory))
     else:
         ds = _prepared(name, spec, _resolve_data_dir(data_dir))
     return _into_memory(ds) if in_memory else ds
 
 
 def is_procedural(name: str) -> bool:
-    return 'render' in _DATASETS.get(name, {})
+    return name in DATASETS and DATASETS[name].procedural
 
 
 def render_uint8(name: str, factors, xp=np):
@@ -317,7 +363,7 @@ def _procedural(name, spec):
         name, names, sizes, (64, 64, spec['channels']), math.prod(sizes),
         _images=images,
         _factors=lambda idx: np.stack(np.unravel_index(idx, sizes), axis=1).astype(np.int64),
-        _index=lambda f: np.ravel_multi_index(tuple(f.T), sizes).astype(np.int64))
+        _index=lambda f, rng: np.ravel_multi_index(tuple(f.T), sizes).astype(np.int64))
 
 
 def _into_memory(ds):
@@ -339,11 +385,23 @@ def _progress_bar(description, total):
 
 
 def _color_dsprites(name, grey):
-    """dsprites with the sprite (pixels 0/255) scaled by a colour per image."""
+    """dsprites with the sprite (pixels 0/255) scaled by a colour per image: a fixed one per
+    example index for images(), a fresh one per row from the rng for images_for_factors()."""
     def images(idx):
-        return (grey._images(idx) * _colours(idx)[:, None, None, :] + 0.5).astype(np.uint8)
+        return _paint(grey._images(idx), _colours(idx))
 
-    return dataclasses.replace(grey, name=name, image_shape=(64, 64, 3), _images=images)
+    def sample(f, rng):
+        idx = grey.index(f, rng)
+        colours = rng.uniform(0.5, 1.0, (len(idx), 3)).astype(np.float32)  # after the instance, as the original
+        parts = [_paint(grey._images(idx[i:i + _CHUNK]), colours[i:i + _CHUNK]) for i in range(0, len(idx), _CHUNK)]
+        return np.concatenate(parts) if parts else np.zeros((0, 64, 64, 3), np.uint8)
+
+    return dataclasses.replace(grey, name=name, image_shape=(64, 64, 3), _images=images, _sample=sample)
+
+
+def _paint(grey, colours):
+    """uint8 (n, 64, 64, 1) times float32 colours (n, 3) -> uint8 (n, 64, 64, 3), rounded."""
+    return (grey * colours[:, None, None, :] + 0.5).astype(np.uint8)
 
 
 def _colours(idx):
@@ -443,36 +501,42 @@ def _prepared(name, spec, root):
         rows = [[r[k].int64_list.value[0] for k in labels] for r in records(idx)]
         return np.array(rows, np.int64).reshape(-1, len(sizes))
 
-    table = {}  # record index of each flat factor tuple (-1: absent); built on first use
+    table = {}  # the record indices of each flat factor tuple (_index_table); built on first use
 
-    def index(f):
+    def index(f, rng):
         if 't' not in table:
             table['t'] = _index_table(os.path.join(version_dir, 'disentax_factor_index.npy'),
                                       factors, sizes, int(bounds[-1]))
-        found = table['t'][np.ravel_multi_index(tuple(f.T), sizes)]
-        if (found < 0).any():
-            raise DataError(f'{name}: no example with factors {f[found < 0][0].tolist()} in {version_dir}')
-        return found
+        found = table['t'][np.ravel_multi_index(tuple(f.T), sizes)]  # (n, examples per tuple), -1 padded
+        count = (found >= 0).sum(1)
+        if (count == 0).any():
+            raise DataError(f'{name}: no example with factors {f[count == 0][0].tolist()} in {version_dir}')
+        if rng is None or found.shape[1] == 1:
+            return found[:, 0]
+        return found[np.arange(len(found)), rng.integers(0, count)]
 
     return Dataset(name, factor_names, sizes, (64, 64, channels), int(bounds[-1]),
                    _images=images, _factors=factors, _index=index)
 
 
 def _index_table(path, factors, sizes, n):
-    """Factor tuple -> record index. tfds stores records shuffled, so this
-    reads every label once (~50k records/s) and caches the table next to the
-    data. tfds orders records by a hash of each example's key, so preparing
-    the same file again gives the same order and the cache stays valid.
-    Where several records share a factor tuple (smallnorb's instances), the
-    last one wins: a fixed choice."""
+    """Flat factor tuple -> its record indices, int64 (prod(sizes), m): row t
+    holds the m' <= m records with tuple t in increasing order, then -1s (m is
+    1 on a full grid, 10 on smallnorb). tfds stores records shuffled, so this
+    reads every label once and caches the table next to the data. tfds orders
+    records by a hash of each example's key, so preparing the same file again
+    gives the same order and the cache stays valid."""
     if os.path.exists(path):
         cached = np.load(path)
-        if cached.shape == (math.prod(sizes),) and cached.max() < n:
+        if cached.ndim == 2 and cached.shape[0] == math.prod(sizes) and cached.max() < n:
             return cached
-    table = np.full(math.prod(sizes), -1, np.int64)
-    for start in range(0, n, 4096):
-        idx = np.arange(start, min(n, start + 4096))
-        table[np.ravel_multi_index(tuple(factors(idx).T), sizes)] = idx
+    keys = np.concatenate([np.ravel_multi_index(tuple(factors(np.arange(s, min(n, s + 4096))).T), sizes)
+                           for s in range(0, n, 4096)] or [np.zeros(0, np.int64)])
+    order = np.argsort(keys, kind='stable')  # records grouped by tuple, increasing within a group
+    counts = np.bincount(keys, minlength=math.prod(sizes))
+    starts = np.cumsum(counts) - counts
+    table = np.full((math.prod(sizes), max(int(counts.max(initial=0)), 1)), -1, np.int64)
+    table[keys[order], np.arange(n) - starts[keys[order]]] = order
     try:  # write-then-rename so a crash or a concurrent reader never sees half a file
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.npy')
         with os.fdopen(fd, 'wb') as fh:

@@ -5,6 +5,7 @@
   python train.py --config=configs/tcvae.py:toyshapes,tiny      # seconds; used by the tests
   python train.py --config=configs/tcvae.py:toyshapes --config.model.beta=6
 """
+import data
 from configs import common
 from models import tcvae
 
@@ -16,5 +17,5 @@ def get_config(arg=None):
     dataset, presets = common.parse_arg(arg)
     # Minibatch-weighted sampling needs the number of training images M of the dataset.
     per_dataset = {name: {'beta': beta} for name, beta in BETAS.items()}
-    per_dataset[dataset] = {**per_dataset.get(dataset, {}), 'dataset_size': common.DATASETS[dataset]['num_examples']}
+    per_dataset[dataset] = {**per_dataset.get(dataset, {}), 'dataset_size': data.DATASETS[dataset].num_examples}
     return common.base_config('tcvae', tcvae.Config(), dataset, presets, per_dataset_model=per_dataset)

@@ -138,29 +138,33 @@ def sample_factors(rng, factor_sizes, shape):
     return np.stack([rng.integers(0, n, shape) for n in factor_sizes], axis=-1)
 
 
-def encode_factors(encode, dataset, factors, chunk_size):
+def encode_factors(encode, dataset, factors, chunk_size, rng):
     """Latents (n, d) of the images with factor values `factors` (n, K), and images/s.
 
     Images are fetched from the dataset `chunk_size` (at most n) at a time (the last chunk padded
     by repetition, so a jitted `encode` compiles once) and the next chunk is fetched in a
-    background thread while `encode` runs: rendering/decoding and XLA both release the GIL."""
+    background thread while `encode` runs: rendering/decoding and XLA both release the GIL.
+    `rng` draws what the factors leave open (smallnorb's instance, color_dsprites' colour), as
+    disentanglement_lib's sample_observations_from_factors does; one child per chunk, so the
+    draws do not depend on which thread fetches when."""
     n = len(factors)
     chunk_size = min(chunk_size, n)  # a small request is not padded up to a large batch
     starts = list(range(0, n, chunk_size))
+    chunk_rngs = rng.spawn(len(starts))
 
-    def fetch(start):
-        rows = factors[start:start + chunk_size]
+    def fetch(k):
+        rows = factors[starts[k]:starts[k] + chunk_size]
         rows = np.concatenate([rows, np.repeat(rows[-1:], chunk_size - len(rows), axis=0)])
-        return dataset.images_for_factors(rows)
+        return dataset.images_for_factors(rows, chunk_rngs[k])
 
     tick = time.perf_counter()
     out = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(fetch, starts[0])
+        pending = pool.submit(fetch, 0)
         for k, start in enumerate(starts):
             images = pending.result()
             if k + 1 < len(starts):
-                pending = pool.submit(fetch, starts[k + 1])
+                pending = pool.submit(fetch, k + 1)
             latents = np.asarray(encode(images))
             if latents.ndim != 2 or len(latents) != len(images):
                 raise ValueError(f'encode must map {len(images)} images to a 2D (n, d) latent array; '

@@ -37,7 +37,7 @@ def beta_vae_score(encode, dataset, seed, *, batch_size=64, num_train_points=10_
     second[points, :, labels] = first[points, :, labels]
     # Both batches of every point in one stream of large encode calls.
     latents, images_per_s = encode_factors(
-        encode, dataset, np.concatenate([first, second]).reshape(-1, len(sizes)), encode_batch_size)
+        encode, dataset, np.concatenate([first, second]).reshape(-1, len(sizes)), encode_batch_size, rng)
     z = latents.reshape(2, num_points, batch_size, -1)
     features = np.abs(z[0] - z[1]).mean(axis=1)
     train_x, train_y = features[:num_train_points], labels[:num_train_points]

@@ -27,8 +27,9 @@ def factor_vae_score(encode, dataset, seed, *, batch_size=64, num_variance_sampl
 
     encode: uint8 images (encode_batch_size, *image_shape) -> latents (encode_batch_size, d); it
       is always called with exactly encode_batch_size images, so a jitted encoder compiles once.
-    dataset: has `factor_sizes` and `images_for_factors(factors (n, K)) -> images` (data.Dataset).
-    seed: the only randomness (factor draws).
+    dataset: has `factor_sizes` and `images_for_factors(factors (n, K), rng) -> images` (data.Dataset).
+    seed: the only randomness (factor draws, then what they leave open: smallnorb's object
+      instance, color_dsprites' colour, drawn per image by `images_for_factors(factors, rng)`).
 
     Returns {'score' (eval accuracy), 'train_accuracy', 'num_active', 'images_per_s', ...the
     parameters}. No active latent gives score 0 (as disentanglement_lib does).
@@ -46,7 +47,7 @@ def factor_vae_score(encode, dataset, seed, *, batch_size=64, num_variance_sampl
     votes = np.arange(num_votes)
     batches[votes, :, fixed] = batches[votes, 0, fixed][:, None]
     latents, images_per_s = encode_factors(
-        encode, dataset, np.concatenate([variance_rows, batches.reshape(-1, len(sizes))]), encode_batch_size)
+        encode, dataset, np.concatenate([variance_rows, batches.reshape(-1, len(sizes))]), encode_batch_size, rng)
 
     global_variance = latents[:num_variance_samples].var(axis=0, ddof=1)
     active = np.sqrt(global_variance) >= prune_std

@@ -35,6 +35,37 @@ def test_names_and_unknown_dataset():
     assert str(e.value) == f"unknown dataset 'foo'; accepted: {', '.join(data.DATASET_NAMES)}"
 
 
+def test_dataset_table_against_the_published_datasets():
+    """data.DATASETS (which configs read: latents, tcvae's dataset size, network) against the
+    factor orders and sizes of disentanglement_lib's loaders (ground_truth/*.py) and the image
+    counts of the published files (mpi3d toy/realistic/real: the 6 x 6 releases)."""
+    table = {name: (info.factor_sizes, info.num_examples) for name, info in data.DATASETS.items()}
+    assert table == {
+        'toyshapes': ((10, 10, 10, 8, 4, 15), 480_000), 'shapes3d': ((10, 10, 10, 8, 4, 15), 480_000),
+        'toysprites': ((3, 6, 40, 32, 32), 737_280), 'dsprites': ((3, 6, 40, 32, 32), 737_280),
+        'color_dsprites': ((3, 6, 40, 32, 32), 737_280),
+        'smallnorb': ((5, 9, 18, 6), 48_600),  # 10 instances per tuple, not a factor
+        'cars3d': ((4, 24, 183), 17_568),
+        **{f'mpi3d_{v}': ((6, 6, 2, 3, 3, 40, 40), 1_036_800) for v in ('toy', 'realistic', 'real')},
+        'mpi3d_complex': ((4, 4, 2, 3, 3, 40, 40), 460_800),
+        'falcor3d': ((5, 6, 6, 6, 6, 6, 6), 233_280), 'isaac3d': ((3, 8, 5, 4, 4, 4, 6, 4, 4), 737_280)}
+    assert data.DATASETS['shapes3d'].factor_names == (
+        'floor_hue', 'wall_hue', 'object_hue', 'scale', 'shape', 'orientation')
+    assert data.DATASETS['smallnorb'].factor_names == ('category', 'elevation', 'azimuth', 'lighting')
+    assert data.DATASETS['cars3d'].factor_names == ('elevation', 'azimuth', 'object')
+    assert {n for n, i in data.DATASETS.items() if i.family == 'mpi3d'} == {
+        'mpi3d_toy', 'mpi3d_realistic', 'mpi3d_real', 'mpi3d_complex'}
+    assert [n for n, i in data.DATASETS.items() if i.procedural] == list(PROCEDURAL)
+
+
+@pytest.mark.parametrize('name', PROCEDURAL)
+def test_dataset_table_agrees_with_the_loaded_dataset(name):
+    info, ds = data.DATASETS[name], data.load(name)
+    assert (info.factor_names, info.factor_sizes, info.image_shape, info.num_examples) == (
+        ds.factor_names, ds.factor_sizes, ds.image_shape, ds.num_examples)
+    assert data.is_procedural(name) and not data.is_procedural('shapes3d')
+
+
 @pytest.mark.parametrize('name, channels, names', [
     ('toyshapes', 3, ('floor_hue', 'wall_hue', 'object_hue', 'scale', 'shape', 'orientation')),
     ('toysprites', 1, ('shape', 'scale', 'orientation', 'x', 'y')),
@@ -68,7 +99,8 @@ def test_index_factor_roundtrip(name):
     np.testing.assert_array_equal(ds.index(ds.factors(np.arange(100))), np.arange(100))
     # Row-major over factor_sizes: the last factor varies fastest.
     np.testing.assert_array_equal(ds.factors([1])[0], [0] * (len(ds.factor_sizes) - 1) + [1])
-    np.testing.assert_array_equal(ds.images_for_factors(f[:20]), ds.images(idx[:20]))
+    rng = np.random.default_rng(0)  # procedural images are a function of the factors: the rng is not used
+    np.testing.assert_array_equal(ds.images_for_factors(f[:20], rng), ds.images(idx[:20]))
 
 
 @pytest.mark.parametrize('name', PROCEDURAL)
@@ -93,7 +125,7 @@ def test_toyshapes_every_factor_step_is_visible():
         for k, size in enumerate(ds.factor_sizes):
             f = np.tile(base, (size, 1))
             f[:, k] = np.arange(size)
-            ims = ds.images_for_factors(f).astype(np.int16)
+            ims = ds.images(ds.index(f)).astype(np.int16)
             step = np.abs(np.diff(ims, axis=0)).reshape(size - 1, -1)
             assert step.mean(1).min() > 0.05, (ds.factor_names[k], base)
             assert step.max(1).min() >= 16, (ds.factor_names[k], base)
@@ -110,14 +142,14 @@ def test_objects_stay_in_frame():
     # Two object hues differ only where the object is: the border must not.
     ds = data.load('toyshapes')
     f = np.array([[1, 6, h, 7, s, o] for s in range(4) for o in range(15) for h in (0, 5)])
-    ims = ds.images_for_factors(f).astype(np.int16)
+    ims = ds.images(ds.index(f)).astype(np.int16)
     diff = np.abs(ims[0::2] - ims[1::2]).max(-1)
     assert diff.max() > 0
     assert diff[:, :2].max() == diff[:, -2:].max() == diff[:, :, :2].max() == diff[:, :, -2:].max() == 0
     # The largest sprites at the extreme positions keep a clear border.
     sprites = data.load('toysprites')
     f = np.array([[s, 5, o, x, y] for s in range(3) for o in range(40) for x in (0, 31) for y in (0, 31)])
-    ims = sprites.images_for_factors(f)[..., 0]
+    ims = sprites.images(sprites.index(f))[..., 0]
     assert ims.max() == 255
     assert ims[:, 0].max() == ims[:, -1].max() == ims[:, :, 0].max() == ims[:, :, -1].max() == 0
 
@@ -191,12 +223,15 @@ def write_fake_catalog(root, name, splits):
     return builder.data_dir
 
 
+DSPRITES_LABELS = ('label_shape', 'label_scale', 'label_orientation', 'label_x_position', 'label_y_position')
+
+
 def write_fake_dsprites(root, factor_rows):
     """A tiny dsprites in the tfds layout; image i is a 0/1 pattern of its own."""
     examples = []
     for i, row in enumerate(factor_rows):
         example = {'image': (np.arange(64 * 64).reshape(64, 64) % (i + 2) == 0).astype(np.uint8)}
-        for key, value in zip(data._DATASETS['dsprites']['labels'], row):
+        for key, value in zip(DSPRITES_LABELS, row):
             example[key] = int(value)
             example[key.replace('label_', 'value_')] = float(value)
         examples.append(example)
@@ -215,9 +250,12 @@ def test_catalog_reading_without_tensorflow(tmp_path, no_network):
     images = ds.images(idx)
     assert images.shape == (4, 64, 64, 1) and images.dtype == np.uint8
     assert set(np.unique(images)) == {0, 255}
-    np.testing.assert_array_equal(ds.images_for_factors(rows[1:2]), images[1:2])
+    np.testing.assert_array_equal(ds.images_for_factors(rows[1:2], np.random.default_rng(0)), images[1:2])
     assert os.path.exists(os.path.join(version_dir, 'disentax_factor_index.npy'))
     with pytest.raises(data.DataError, match='no example'):
         ds.index([[1, 1, 1, 1, 1]])
     # A fresh load reads the cached table and agrees.
+    np.testing.assert_array_equal(data.load('dsprites', data_dir=str(tmp_path)).index(rows), idx)
+    # A table cached in the earlier one-record-per-tuple layout is rebuilt, not misread.
+    np.save(os.path.join(version_dir, 'disentax_factor_index.npy'), np.zeros(int(np.prod(ds.factor_sizes)), np.int64))
     np.testing.assert_array_equal(data.load('dsprites', data_dir=str(tmp_path)).index(rows), idx)

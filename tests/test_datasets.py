@@ -93,7 +93,7 @@ def test_builder_end_to_end(name, tmp_path, qlae_step, no_network):
 
     ds = data.prepare(name, str(manual), root, factor_sizes=sizes)
     assert ds.factor_sizes == sizes and ds.num_examples == math.prod(sizes)
-    assert ds.factor_names == tuple(n for n, _ in data._DATASETS[name]['factors'])
+    assert ds.factor_names == data.DATASETS[name].factor_names
     assert ds.image_shape == (64, 64, 3)
     assert os.path.isdir(os.path.join(root, 'disentax', name, '1.0.0'))
     assert not glob.glob(os.path.join(root, '.disentax-scratch-*'))
@@ -105,7 +105,7 @@ def test_builder_end_to_end(name, tmp_path, qlae_step, no_network):
     assert sorted(idx.tolist()) == list(range(ds.num_examples))
     np.testing.assert_array_equal(ds.factors(idx), every)
     np.testing.assert_array_equal(ds.images(idx), expected)
-    np.testing.assert_array_equal(ds.images_for_factors(every[::-1]), expected[::-1])
+    np.testing.assert_array_equal(ds.images_for_factors(every[::-1], np.random.default_rng(0)), expected[::-1])
     memory = data.load(name, root, in_memory=True)
     np.testing.assert_array_equal(memory.images(idx), expected)
     np.testing.assert_array_equal(memory.factors(idx), every)
@@ -243,7 +243,9 @@ def test_missing_file_dataset_says_what_to_download(tmp_path, no_network):
 
 
 # smallnorb and color_dsprites: against fakes in the tfds layout written without TensorFlow (tests/test_data.py).
-def test_smallnorb_reads_both_splits_resized(tmp_path, no_network):
+def write_fake_smallnorb(root):
+    """Two instances per split, so four share each of 8 factor tuples; record r (in the order
+    written) is a flat grey 7 r + 3. Returns the factor rows in that order."""
     rows, splits = [], {}
     for split, instances in (('train', (4, 6)), ('test', (0, 1))):
         splits[split] = []
@@ -255,7 +257,12 @@ def test_smallnorb_reads_both_splits_resized(tmp_path, no_network):
                     'image': np.full((96, 96), value, np.uint8), 'image2': np.zeros((96, 96), np.uint8),
                     'label_category': category, 'instance': instance, 'label_elevation': elevation,
                     'label_azimuth': azimuth, 'label_lighting': 5})
-    write_fake_catalog(tmp_path, 'smallnorb', splits)
+    write_fake_catalog(root, 'smallnorb', splits)
+    return rows
+
+
+def test_smallnorb_reads_both_splits_resized(tmp_path, no_network):
+    rows = write_fake_smallnorb(tmp_path)
     ds = data.load('smallnorb', str(tmp_path))
     assert ds.factor_names == ('category', 'elevation', 'azimuth', 'lighting')
     assert ds.factor_sizes == (5, 9, 18, 6) and ds.num_examples == 32 and ds.image_shape == (64, 64, 1)
@@ -269,6 +276,34 @@ def test_smallnorb_reads_both_splits_resized(tmp_path, no_network):
     assert len(set(idx.tolist())) == 8 and np.array_equal(idx, ds.index(rows))
     with pytest.raises(data.DataError, match='no example'):
         ds.index([[4, 0, 0, 0]])
+
+
+def test_smallnorb_draws_an_instance_per_image_from_the_rng(tmp_path, no_network):
+    """disentanglement_lib (norb.py, util.SplitDiscreteStateSpace.sample_all_factors) draws the
+    instance at random for every image it samples for given factors: a tuple asked for again, in
+    the same call or the next, shows other instances; the same seed shows the same ones."""
+    write_fake_smallnorb(tmp_path)
+    tuples = np.stack(np.unravel_index(np.arange(8), (2, 2, 2)) + (np.full(8, 5),), axis=1)
+    request = np.repeat(tuples, 40, axis=0)  # each tuple 40 times, as in a batch with every factor fixed
+    record = lambda images: (images[:, 0, 0, 0].astype(np.int64) - 3) // 7  # noqa: E731  (see the writer)
+    for in_memory in (False, True):
+        ds = data.load('smallnorb', str(tmp_path), in_memory=in_memory)
+        by_record = ds.images(np.arange(32))[:, 0, 0, 0]
+        rng = np.random.default_rng(0)
+        first, second = ds.images_for_factors(request, rng), ds.images_for_factors(request, rng)
+        drawn = np.searchsorted(np.sort(by_record), first[:, 0, 0, 0])
+        np.testing.assert_array_equal(ds.factors(np.argsort(by_record)[drawn]), request)  # the asked-for tuple
+        for t in range(8):  # every one of the 4 instances of a tuple shows up among its 40 images
+            assert len(np.unique(record(first[request_of(request, tuples[t])]))) == 4
+        assert not np.array_equal(first, second)  # a second call draws again
+        np.testing.assert_array_equal(ds.images_for_factors(request, np.random.default_rng(0)), first)
+        # index() with an rng draws the same way; without one it keeps its fixed choice.
+        np.testing.assert_array_equal(ds.images(ds.index(request, np.random.default_rng(0))), first)
+        assert len(np.unique(ds.index(request))) == 8
+
+
+def request_of(rows, row):
+    return np.all(rows == row, axis=1)
 
 
 
@@ -289,17 +324,40 @@ def test_color_dsprites_deterministic_colours_in_range(tmp_path, no_network):
     for i in idx:  # the whole sprite has exactly one colour
         assert len(np.unique(c[i][g[i] == 255], axis=0)) == 1
     np.testing.assert_array_equal(color.factors(idx), grey.factors(idx))
-    np.testing.assert_array_equal(color.images_for_factors(rows), c[color.index(rows)])
+    np.testing.assert_array_equal(color.images(color.index(rows)), c[color.index(rows)])
     # Over many indices the colours cover [0.5, 1) evenly per channel.
     many = data._colours(np.arange(30000))
     assert many.min() >= 0.5 and many.max() < 1.0
     assert np.all(np.abs(many.mean(0) - 0.75) < 0.005) and abs(np.corrcoef(many.T)[0, 1]) < 0.03
 
 
+def test_color_dsprites_draws_a_colour_per_image_for_given_factors(tmp_path, no_network):
+    """disentanglement_lib's ColorDSprites draws a fresh colour for every image it samples for
+    given factors, so a FactorVAE/BetaVAE batch with the same factors shows many colours; here
+    images_for_factors draws it from the caller's rng (images(idx) keeps one colour per index)."""
+    rows = np.array([[0, 5, 39, 31, 0], [2, 0, 0, 0, 0], [1, 3, 20, 7, 9], [0, 0, 0, 0, 1]])
+    write_fake_dsprites(tmp_path, rows)
+    grey = data.load('dsprites', str(tmp_path))
+    batch = np.repeat(rows[2:3], 64, axis=0)  # one batch, every factor the same
+    sprite = grey.images(grey.index(rows[2:3]))[0, ..., 0] == 255
+    for in_memory in (False, True):
+        color = data.load('color_dsprites', str(tmp_path), in_memory=in_memory)
+        rng = np.random.default_rng(0)
+        images = color.images_for_factors(batch, rng)
+        assert images.shape == (64, 64, 64, 3) and images.dtype == np.uint8
+        assert (images[:, ~sprite] == 0).all()  # the same sprite on black in every image
+        colours = images[:, sprite]  # (64, sprite pixels, 3)
+        assert (colours == colours[:, :1]).all()  # one colour per image
+        assert len(np.unique(colours[:, 0], axis=0)) == 64  # a different one for each image
+        assert colours.min() >= 127 and colours.max() <= 255  # U(0.5, 1) per channel
+        assert not np.array_equal(images, color.images_for_factors(batch, rng))  # drawn again
+        np.testing.assert_array_equal(color.images_for_factors(batch, np.random.default_rng(0)), images)
+
+
 @pytest.mark.parametrize('name', [n for n in data.DATASET_NAMES])
 def test_every_dataset_has_a_config(name):
     config = qlae_config.get_config(name)
-    names = dict(data._DATASETS[name]['factors'])
-    assert config.dataset == name and config.model.num_latents == 2 * len(names)
-    assert common.DATASETS[name]['num_sources'] == len(names)
+    assert config.dataset == name and config.model.num_latents == 2 * len(data.DATASETS[name].factor_sizes)
     assert config.model.weight_decay == (0.001 if name.startswith('mpi3d') else 0.1)
+    assert config.model.enc_widths == (common.NETWORKS['small']['enc_widths'] if data.DATASETS[name].procedural
+                                       else qlae.Config().enc_widths)

@@ -18,9 +18,19 @@ class FactorPixels:
     """toysprites' factor grid, but each image is its own factor values as a row of pixels."""
     factor_sizes = SPRITES.factor_sizes
 
-    def images_for_factors(self, factors):
+    def images_for_factors(self, factors, rng):
         SPRITES.index(factors)  # the same validation as the real dataset
         return np.asarray(factors, np.uint8)[:, None, :, None]  # (n, 1, K, 1)
+
+
+class SmallGridWithNuisance:
+    """Two factors (2 x 3 values, so tuples repeat) and one pixel they leave open, drawn from the
+    rng the metric passes: like smallnorb's instance or color_dsprites' colour."""
+    factor_sizes = (2, 3)
+
+    def images_for_factors(self, factors, rng):
+        f = np.asarray(factors, np.uint8)
+        return np.concatenate([f, rng.integers(0, 256, (len(f), 1), dtype=np.uint8)], axis=1)[:, None, :, None]
 
 
 def read_factors(images):
@@ -43,6 +53,32 @@ def test_identity_encoder_scores_near_one(name):
 def test_uninformative_encoder_scores_near_chance(name):
     result = SCORES[name](ignore_images, FactorPixels(), 0, **FAST[name])
     assert abs(result['score'] - 1 / len(SPRITES.factor_sizes)) < 0.1
+
+
+@pytest.mark.parametrize('name', ['factor_vae', 'beta_vae'])
+def test_what_factors_leave_open_is_drawn_per_image_from_the_seed(name):
+    """disentanglement_lib samples each image's nuisance (smallnorb instance, color_dsprites
+    colour) from the metric's random state: it varies between images with the same factors,
+    and the seed fixes it."""
+    seen = []
+
+    def encode(images):
+        seen.append(images.copy())
+        return read_factors(images)
+
+    small = {'factor_vae': dict(num_variance_samples=300, num_train_votes=20, num_eval_votes=10),
+             'beta_vae': dict(num_train_points=20, num_eval_points=10)}[name]
+    runs = []
+    for seed in (0, 0, 1):
+        result = SCORES[name](encode, SmallGridWithNuisance(), seed, encode_batch_size=256, **small)
+        runs.append((result['score'], np.concatenate(seen)[:, 0, :, 0]))
+        seen.clear()
+    (score, pixels), (again_score, again), (_, other_seed) = runs
+    assert score == again_score and np.array_equal(pixels, again)  # the seed fixes every draw
+    assert not np.array_equal(pixels[:, 2], other_seed[:, 2])
+    for tuple_ in np.ndindex(2, 3):  # each tuple appears many times, each time with its own draw
+        nuisance = pixels[np.all(pixels[:, :2] == tuple_, axis=1), 2]
+        assert len(nuisance) > 50 and len(np.unique(nuisance)) > len(nuisance) / 4
 
 
 def test_constant_encoder_has_no_active_latent():

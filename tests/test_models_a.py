@@ -14,7 +14,6 @@ import pytest
 
 import data
 import train
-from configs import common
 from configs import tcvae as tcvae_config
 from models import tcvae, vae, vqvae
 from tests.conftest import ROOT, run_with_model_files_alone
@@ -121,10 +120,10 @@ def test_vq_straight_through_and_codebook_gradients():
 # ================================================================================================
 
 def test_tcvae_config_knows_the_size_of_every_dataset():
-    for name, spec in common.DATASETS.items():
-        assert tcvae_config.get_config(name).model.dataset_size == spec['num_examples']
-        if spec['procedural']:  # real datasets need their files; the procedural ones can be counted
-            assert data.load(name).num_examples == spec['num_examples']
+    for name, info in data.DATASETS.items():
+        assert tcvae_config.get_config(name).model.dataset_size == info.num_examples
+        if info.procedural:  # real datasets need their files; the procedural ones can be counted
+            assert data.load(name).num_examples == info.num_examples
 
 
 @pytest.mark.parametrize('name, field, shapes3d_value, default', [
