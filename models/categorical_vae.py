@@ -1,21 +1,27 @@
 """Categorical VAE (D-VAE), optionally with a FactorVAE-style total-correlation penalty (FactorDVAE).
 
 Paper: "Learning Disentangled Discrete Representations", Friede, Reimers, Stuckenschmidt, Niepert
-(ECML PKDD 2023).
+(ECML PKDD 2023). Authors' code: github.com/david-friede/lddr (JAX + Haiku), run.py and eval.py.
 Train: python train.py --config=configs/categorical_vae.py:shapes3d   (offline: configs/categorical_vae.py:toyshapes)
 FactorDVAE: add --config.model.tc_penalty=30
 
 Each of the d latents is a categorical over a fixed grid of values linspace(-1, 1, 64). The encoder
 gives logits; training uses a Gumbel-softmax relaxed sample whose noise scale is cosine-annealed
 from 0.5 to 2.0, and the decoder sees the expected grid value under that sample (one scalar per
-latent). The prior is uniform over the grid. `straight_through_gap` is the paper's unsupervised
+latent). The prior is uniform over the grid. The network is disentanglement_lib's convolutional
+encoder and decoder as lddr writes it in Haiku (about 0.85M parameters at 64x64x3, d = 10), with
+Haiku's default initialisers and SAME padding. `straight_through_gap` is the paper's unsupervised
 model-selection score; eval.py reports it through `extra_eval`.
 
 Interface (shared by every file in models/): Config, init, train_step, encode, decode, DISCRETE.
-Imports only jax, optax, numpy and the standard library. Deviations from the authors' code: the
-network is the QLAE paper's encoder and style decoder (copied from models/qlae.py), not
-disentanglement_lib's conv encoder/decoder; the discriminator tells apart z and its permutation
-drawn from the same batch (FactorVAE draws a second batch for the permuted sample).
+Imports only jax, optax, numpy and the standard library.
+Deviations from the authors' code (checked line by line against lddr's run.py and eval.py):
+- eval.py computes the straight-through gap on its evaluation set (10,000 images by default); lddr
+  averages it over 1,000 fresh training batches of 64.
+- Additions that lddr fixes: `temperature` (lddr: 1) and `kl_weight` (lddr: 1); the defaults are lddr's.
+- Same distributions, different random streams: initial weights are drawn with numpy, and each latent's
+  permutation is an argsort of uniforms (lddr: jax.random.permutation per latent).
+lddr's Gaussian variant (--gaussian) is not in this file.
 """
 import dataclasses
 import functools
@@ -39,18 +45,20 @@ class Config:
     noise_end: float = 2.0            # ... cosine-annealed to this at anneal_steps
     anneal_steps: int = 300_000       # the config files tie this to num_steps
     kl_weight: float = 1.0            # beta
-    learning_rate: float = 1e-4       # plain Adam, no weight decay
+    learning_rate: float = 1e-4       # plain Adam (b1 0.9, b2 0.999, eps 1e-8), no weight decay
     tc_penalty: float = 0.0           # gamma of the total-correlation penalty; 0 = off (no discriminator)
     disc_layers: int = 6
     disc_width: int = 1000
     disc_learning_rate: float = 1e-4  # Adam with betas (0.5, 0.9)
-    # Network: the QLAE paper's encoder and style decoder; shrink these lists for CPU runs.
-    enc_widths: tuple = (32, 32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256)
-    enc_kernels: tuple = (3, 3, 4) * 4
-    enc_strides: tuple = (1, 1, 2) * 4
-    dec_widths: tuple = (256, 256, 256, 128, 128, 128, 64, 64, 64, 32, 32, 32)
-    dec_kernels: tuple = (3, 3, 4) * 4
-    dec_strides: tuple = (1, 1, 2) * 4
+    # Network (lddr's): convs (width, kernel, stride) with SAME padding and ReLU, then Linear mlp_width.
+    enc_widths: tuple = (32, 32, 64, 64)
+    enc_kernels: tuple = (4, 4, 2, 2)
+    enc_strides: tuple = (2, 2, 2, 2)
+    # Decoder: Linear mlp_width, Linear to an (s, s, dec_widths[0]) image (s = size / prod(strides)),
+    # then one transposed conv per entry, dec_widths[i] channels in; the last gives the image channels.
+    dec_widths: tuple = (64, 64, 32, 32)
+    dec_kernels: tuple = (4, 4, 4, 4)
+    dec_strides: tuple = (2, 2, 2, 2)
     mlp_width: int = 256
 
     def __post_init__(self):
@@ -70,100 +78,119 @@ class Config:
             if len(set(map(len, lists))) != 1 or not lists[0]:
                 raise ValueError(f'model.{prefix}_widths/kernels/strides must be non-empty and of '
                                  f'equal length, got lengths {[len(x) for x in lists]}')
-            for kernel, stride in zip(*lists[1:]):
-                if (kernel, stride) not in ((3, 1), (4, 2)):  # the paper's two block kinds, padding 1
-                    raise ValueError(f'model.{prefix}_kernels/strides: block ({kernel}, {stride}) is not '
-                                     'supported; accepted (kernel, stride): (3, 1), (4, 2)')
+            if min(min(x) for x in lists) < 1:
+                raise ValueError(f'model.{prefix}_widths/kernels/strides must be >= 1, got {lists}')
+        if any(k < s for k, s in zip(self.dec_kernels, self.dec_strides)):
+            raise ValueError(f'model.dec_kernels {self.dec_kernels} must be >= dec_strides {self.dec_strides}')
 
 
 # ----------------------------------------------------------------------------------------------
-# Network (a copy of models/qlae.py's): plain functions over nested dicts of arrays
+# Network (lddr's, in Haiku's weight layouts): plain functions over nested dicts of arrays
 # ----------------------------------------------------------------------------------------------
 
-def dense_init(rng, fan_in, fan_out):
-    return {'w': rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in), 'b': np.zeros(fan_out)}
+def truncated_normal(rng, shape, fan_in):
+    """Haiku's default weight init: N(0, 1/fan_in) cut at 2 standard deviations, not rescaled
+    (so the actual std is 0.88 / sqrt(fan_in))."""
+    x = rng.normal(size=shape)
+    while np.any(np.abs(x) > 2):
+        outside = np.abs(x) > 2
+        x[outside] = rng.normal(size=int(outside.sum()))
+    return x / np.sqrt(fan_in)
+
+
+def dense_init(rng, fan_in, fan_out):  # hk.Linear: w (in, out), bias 0
+    return {'w': truncated_normal(rng, (fan_in, fan_out), fan_in), 'b': np.zeros(fan_out)}
 
 
 def dense(p, x):
     return x @ p['w'] + p['b']
 
 
-def conv_init(rng, kernel, c_in, c_out):
-    return rng.normal(size=(kernel, kernel, c_in, c_out)) * np.sqrt(2.0 / (kernel * kernel * c_in))
+def conv_init(rng, kernel, c_in, c_out):  # hk.Conv2D: w (k, k, in, out), fan-in k * k * in, bias 0
+    return {'w': truncated_normal(rng, (kernel, kernel, c_in, c_out), kernel * kernel * c_in), 'b': np.zeros(c_out)}
 
 
-def conv(w, x, stride):
-    # PyTorch-style padding 1 for kernels 3 and 4: 3/1 keeps the size, 4/2 halves it.
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), [(1, 1), (1, 1)],
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+def conv(p, x, stride):
+    return jax.lax.conv_general_dilated(x, p['w'], (stride, stride), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p['b']
 
 
-def conv_transpose(w, x, stride):
-    """Transposed conv, PyTorch semantics with padding 1: out[s*i + t - 1] += x[i] w[t]."""
-    if stride == 1:  # kernel 3: the same as a padded conv with the kernel flipped, which is learned anyway
-        return conv(w, x, 1)
-    # Kernel 4, stride 2, as four 2x2 convs, one per output phase, interleaved (XLA's CPU backend runs
-    # the dilated-input form several times slower). Per axis: out[2m] = x[m-1] w[3] + x[m] w[1],
-    # out[2m+1] = x[m] w[2] + x[m+1] w[0].
-    taps = {0: ([3, 1], (1, 0)), 1: ([2, 0], (0, 1))}  # phase -> (kernel taps, padding)
-    phases = [[jax.lax.conv_general_dilated(x, w[np.ix_(taps[ry][0], taps[rx][0])], (1, 1), [taps[ry][1], taps[rx][1]],
-                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-               for rx in (0, 1)] for ry in (0, 1)]
-    out = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (B, H, 2, W, 2, C)
+def conv_transpose_init(rng, kernel, c_in, c_out):
+    # hk.Conv2DTranspose: w (k, k, out, in); fan-in k * k * in (the input channels), bias 0
+    return {'w': truncated_normal(rng, (kernel, kernel, c_out, c_in), kernel * kernel * c_in), 'b': np.zeros(c_out)}
+
+
+def conv_transpose(p, x, stride):
+    """jax.lax.conv_transpose(x, w, (s, s), 'SAME', ('NHWC', 'HWOI', 'NHWC')) + b, Haiku's call.
+
+    That is a conv over the input dilated by s and padded by a = ceil((k + s - 2) / 2) before, kernel
+    not flipped: out[o] = sum_t x[(o + t - a) / s] w[t] over the t that make the index whole. Computed
+    as s x s stride-1 convs, one per output phase, interleaved (XLA's CPU backend runs the dilated
+    form several times slower). Phase r uses taps t = t0, t0 + s, ... with t0 = (a - r) mod s, reading
+    x[m + c0 + j] for tap j, c0 = (r + t0 - a) / s."""
+    w = p['w']
+    k, s = w.shape[0], stride
+    a = -(-(k + s - 2) // 2)
+    taps, pads = [], []
+    for r in range(s):
+        t0 = (a - r) % s
+        c0 = (r + t0 - a) // s
+        n = len(range(t0, k, s))
+        taps.append(np.arange(t0, k, s))
+        pads.append((-c0, n - 1 + c0))  # input rows m + c0 ... m + c0 + n - 1 for output row m
+    phases = [[jax.lax.conv_general_dilated(x, w[np.ix_(taps[ry], taps[rx])], (1, 1), [pads[ry], pads[rx]],
+                                            dimension_numbers=('NHWC', 'HWOI', 'NHWC'))
+               for rx in range(s)] for ry in range(s)]
+    out = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (B, H, s, W, s, C)
     b, h, _, w_, _, c = out.shape
-    return out.reshape(b, 2 * h, 2 * w_, c)
-
-
-def instance_norm(x, eps=1e-6):
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    var = x.var(axis=(1, 2), keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps)
+    return out.reshape(b, s * h, s * w_, c) + p['b']
 
 
 def encoder_init(rng, config, image_shape, out_dim):
-    blocks, c_in, size = [], image_shape[-1], image_shape[0]
+    convs, c_in, size = [], image_shape[-1], image_shape[0]
     for width, kernel, stride in zip(config.enc_widths, config.enc_kernels, config.enc_strides):
-        blocks.append({'w': conv_init(rng, kernel, c_in, width), 'scale': np.ones(width), 'bias': np.zeros(width)})
-        c_in, size = width, size // stride
-    return {'blocks': blocks,
-            'fc1': dense_init(rng, size * size * c_in, config.mlp_width),
-            'fc2': dense_init(rng, config.mlp_width, config.mlp_width),
+        convs.append(conv_init(rng, kernel, c_in, width))
+        c_in, size = width, -(-size // stride)  # SAME: ceil(size / stride)
+    return {'convs': convs,
+            'fc': dense_init(rng, size * size * c_in, config.mlp_width),
             'head': dense_init(rng, config.mlp_width, out_dim)}
 
 
 def encoder(p, config, x):
-    for block, stride in zip(p['blocks'], config.enc_strides):
-        x = instance_norm(conv(block['w'], x, stride)) * block['scale'] + block['bias']
-        x = jax.nn.leaky_relu(x, 0.2)
+    for layer, stride in zip(p['convs'], config.enc_strides):
+        x = jax.nn.relu(conv(layer, x, stride))
     x = x.reshape(x.shape[0], -1)
-    x = jax.nn.relu(dense(p['fc1'], x))
-    x = jax.nn.relu(dense(p['fc2'], x))
+    x = jax.nn.relu(dense(p['fc'], x))
     return dense(p['head'], x)
 
 
+def decoder_start(config, image_shape):
+    """Side of the image the decoder's Linear layers produce: the image size over prod(dec_strides)."""
+    size, scale = image_shape[0], int(np.prod(config.dec_strides))
+    if image_shape[0] != image_shape[1] or size % scale:
+        raise ValueError(f'image shape {image_shape} must be square with a side divisible by '
+                         f'prod(model.dec_strides) = {scale}')
+    return size // scale
+
+
 def decoder_init(rng, config, image_shape, in_dim):
-    start = image_shape[0] // int(np.prod(config.dec_strides))
-    c_in = config.dec_widths[0]
-    blocks = []
-    for width, kernel in zip(config.dec_widths, config.dec_kernels):
-        blocks.append({'w': conv_init(rng, kernel, c_in, width), 'style': dense_init(rng, config.mlp_width, 2 * width)})
-        c_in = width
-    return {'const': np.full((start, start, config.dec_widths[0]), 0.1),
-            'style1': dense_init(rng, in_dim, config.mlp_width),
-            'style2': dense_init(rng, config.mlp_width, config.mlp_width),
-            'blocks': blocks,
-            'out': conv_init(rng, 3, c_in, image_shape[-1])}
+    start = decoder_start(config, image_shape)
+    outs = tuple(config.dec_widths[1:]) + (image_shape[-1],)
+    return {'fc1': dense_init(rng, in_dim, config.mlp_width),
+            'fc2': dense_init(rng, config.mlp_width, start * start * config.dec_widths[0]),
+            'deconvs': [conv_transpose_init(rng, kernel, c_in, c_out)
+                        for c_in, c_out, kernel in zip(config.dec_widths, outs, config.dec_kernels)]}
 
 
 def decoder(p, config, z):
-    """Style decoder: a learned constant image, modulated per block by an affine map of w(z)."""
-    w = jax.nn.relu(dense(p['style2'], jax.nn.relu(dense(p['style1'], z))))
-    x = jnp.broadcast_to(p['const'], (z.shape[0],) + p['const'].shape)
-    for block, stride in zip(p['blocks'], config.dec_strides):
-        x = instance_norm(jax.nn.leaky_relu(conv_transpose(block['w'], x, stride), 0.2))
-        a, b = jnp.split(jax.nn.relu(dense(block['style'], w)), 2, axis=-1)
-        x = x * a[:, None, None, :] + b[:, None, None, :]
-    return conv(p['out'], x, 1)  # logits
+    x = jax.nn.relu(dense(p['fc2'], jax.nn.relu(dense(p['fc1'], z))))
+    start = int(round((x.shape[-1] // config.dec_widths[0]) ** 0.5))
+    x = x.reshape(x.shape[0], start, start, config.dec_widths[0])  # (h, w, c) order, as lddr's rearrange
+    for i, (layer, stride) in enumerate(zip(p['deconvs'], config.dec_strides)):
+        x = conv_transpose(layer, x, stride)
+        if i < len(p['deconvs']) - 1:
+            x = jax.nn.relu(x)
+    return x  # logits
 
 
 def discriminator_init(rng, config):
@@ -174,7 +201,7 @@ def discriminator_init(rng, config):
 def discriminator(layers, z):
     """MLP on latent samples z (B, d) -> 2 logits: class 0 = from q(z), class 1 = from prod_i q(z_i)."""
     for layer in layers[:-1]:
-        z = jax.nn.leaky_relu(dense(layer, z), 0.2)
+        z = jax.nn.leaky_relu(dense(layer, z))  # lddr passes jax.nn.leaky_relu as is: slope 0.01
     return dense(layers[-1], z)
 
 
@@ -199,7 +226,8 @@ def kl_to_uniform(logits):
 
 
 def permute_dims(key, z):
-    """Each column of z (B, d) shuffled independently across the batch: a sample of prod_i q(z_i)."""
+    """Each column of z (B, d) shuffled independently across the batch: a sample of prod_i q(z_i).
+    As in lddr, the permuted sample comes from the same batch as z (FactorVAE's paper draws a second)."""
     order = jnp.argsort(jax.random.uniform(key, z.shape), axis=0)
     return jnp.take_along_axis(z, order, axis=0)
 
@@ -208,28 +236,28 @@ def logits_of(params, config, images):
     return encoder(params['encoder'], config, images).reshape(images.shape[0], config.num_latents, -1)
 
 
-def vae_loss(params, config, images, weights, logits):
-    """Per-example sum-over-pixels BCE plus beta * KL, for the category weights y (B, d, K)."""
+def per_example_loss(params, disc_params, config, images, weights, logits):
+    """lddr's loss before its batch mean, for category weights y (B, d, K): BCE summed over pixels,
+    plus beta * KL, plus gamma * TC when the penalty is on. Returns (loss (B,), terms, z)."""
     z = weights @ grid(config)  # (B, d): one scalar per latent
     recon_logits = decoder(params['decoder'], config, z)
-    bce = optax.sigmoid_binary_cross_entropy(recon_logits, images).sum(axis=(1, 2, 3))
-    kl = kl_to_uniform(logits)
-    return bce + config.kl_weight * kl, bce, kl, z
+    terms = {'bce': optax.sigmoid_binary_cross_entropy(recon_logits, images).sum(axis=(1, 2, 3)),
+             'kl': kl_to_uniform(logits)}
+    loss = terms['bce'] + config.kl_weight * terms['kl']
+    if config.tc_penalty > 0:
+        # D_0 - D_1 estimates log q(z) / prod_i q(z_i), the total correlation of the sample.
+        d_logits = discriminator(disc_params, z)
+        terms['tc'] = d_logits[:, 0] - d_logits[:, 1]
+        loss = loss + config.tc_penalty * terms['tc']
+    return loss, terms, z
 
 
 def loss_fn(params, disc_params, config, images, gumbel, scale):
     logits = logits_of(params, config, images)
     weights = jax.nn.softmax((logits + scale * gumbel) / config.temperature, axis=-1)
-    per_example, bce, kl, z = vae_loss(params, config, images, weights, logits)
-    metrics = {'bce': bce.mean(), 'kl': kl.mean(), 'noise_scale': scale}
-    loss = per_example.mean()
-    if config.tc_penalty > 0:
-        # D_0 - D_1 estimates log q(z) / prod_i q(z_i), the total correlation of the sample.
-        d_logits = discriminator(disc_params, z)
-        metrics['tc'] = jnp.mean(d_logits[:, 0] - d_logits[:, 1])
-        loss = loss + config.tc_penalty * metrics['tc']
-    metrics['loss'] = loss
-    return loss, (metrics, z)
+    loss, terms, z = per_example_loss(params, disc_params, config, images, weights, logits)
+    metrics = {**{name: value.mean() for name, value in terms.items()}, 'noise_scale': scale, 'loss': loss.mean()}
+    return metrics['loss'], (metrics, z)
 
 
 def discriminator_loss(disc_params, z, z_permuted):
@@ -301,12 +329,14 @@ def decode(config, state, latents):
 
 @functools.partial(jax.jit, static_argnums=0)
 def hard_and_soft_losses(config, state, images):
-    """Mean loss with the argmax one-hot and with softmax(logits) as category weights, both without noise."""
+    """The training loss (TC term included when on) at noise scale 0, with the argmax one-hot and with
+    softmax(logits / tau) as category weights: lddr's eval.py, with its `hard` switch on and off."""
     params = state['params']
     logits = logits_of(params, config, images)
     hard = jax.nn.one_hot(jnp.argmax(logits, axis=-1), config.num_categories)
-    soft = jax.nn.softmax(logits, axis=-1)
-    return tuple(vae_loss(params, config, images, weights, logits)[0].mean() for weights in (hard, soft))
+    soft = jax.nn.softmax(logits / config.temperature, axis=-1)
+    return tuple(per_example_loss(params, state.get('disc_params'), config, images, weights, logits)[0].mean()
+                 for weights in (hard, soft))
 
 
 def straight_through_gap(config, state, images):
