@@ -242,9 +242,9 @@ def infomec(sources, latents, discrete_latents, *, protocol='standalone', estima
 
     Returns a dict with 'infom', 'infoe', 'infoc', 'nmi' (K, d), 'active' (d,), 'num_active',
     'infom_gap' (over active latents), 'infoc_gap' (over all latents), 'infoe_regression', and the
-    settings used ('infoe_encoding' resolved to 'onehot' or 'standardize'). Never NaN: the degenerate cases are in the module
-    docstring. InfoE is not clipped (a poor fit can make it slightly negative), nor is NMI (the kNN
-    estimate can exceed H(s_j) a little).
+    settings used ('infoe_encoding' resolved to 'onehot' or 'standardize'). Never NaN: the degenerate
+    cases are in the module docstring. InfoE is not clipped (a poor fit can make it slightly
+    negative), nor is NMI (the kNN estimate can exceed H(s_j) a little).
     """
     sources, latents = check_pair(sources, latents)
     settings = protocol_settings(protocol, discrete_latents)

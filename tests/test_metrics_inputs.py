@@ -42,7 +42,8 @@ def test_degenerate_inputs_give_finite_scores(name, latents, sources):
 
 
 def split_metrics():
-    return {'sap': lambda s, z, test: sap(s, z, test=test, n_jobs=1), 'dci': lambda s, z, test: dci(s, z, test=test, n_jobs=1),
+    return {'sap': lambda s, z, test: sap(s, z, test=test, n_jobs=1),
+            'dci': lambda s, z, test: dci(s, z, test=test, n_jobs=1),
             'modularity': lambda s, z, test: modularity(s, z, test=test, n_jobs=1)}
 
 
