@@ -13,10 +13,8 @@ import time
 
 import numpy as np
 
-from metrics import infomec as infomec_module
-from metrics._common import histogram_discretize, label_encode
 from metrics.dci import dci
-from metrics.infomec import infomec
+from metrics.infomec import infoe, infomec
 from metrics.mig import mig
 from metrics.modularity import modularity, modularity_from_mutual_info
 from metrics.sap import sap
@@ -30,7 +28,8 @@ def representation(n, seed):
     scaled = sources / (np.array(SIZES) - 1)
     mixes = scaled + 0.5 * np.roll(scaled, 1, axis=1)
     continuous = np.concatenate([scaled, mixes], axis=1) + 0.05 * rng.standard_normal((n, 12))
-    discrete = np.round(histogram_discretize(continuous, 10)).astype(np.float64)  # 10 levels per latent
+    # 10 equal-width levels per latent
+    discrete = np.stack([np.digitize(c, np.histogram(c, 10)[1][:-1]) for c in continuous.T], axis=1).astype(np.float64)
     return sources, continuous, discrete
 
 
@@ -105,44 +104,43 @@ def main():
     print('timings are wall-clock on this machine; on a shared CPU they are noisy, compare ratios within one run')
     print(f'{"metric (10,000 train / 5,000 test)":<34} {"ours":>10} {"serial":>10} {"ratio":>8}')
     # Start the worker processes once, as eval.py's first parallel metric does, and report it.
-    _, startup = timed(lambda: sap(continuous[:50], train_s[:50], continuous[:50], train_s[:50], n_jobs=-1))
+    _, startup = timed(lambda: sap(train_s[:50], continuous[:50], test=(train_s[:50], continuous[:50]), n_jobs=-1))
     print(f'{"(worker start-up, paid once)":<34} {startup:8.2f} s')
     fast_total = 0.0
     for label, latents, discrete_latents in (('continuous', continuous, False), ('discrete', discrete, True)):
         tr, te = latents[:10_000], latents[10_000:]
-        split = (tr, train_s, te, test_s)
+        train, test = (train_s, tr), (test_s, te)
         estimator = None if discrete_latents else 'knn'
         # InfoMEC: the NMI part is unchanged; InfoE's per-source fits run in worker processes.
         result, ours = timed(lambda: infomec(train_s, tr, discrete_latents, estimator=estimator, n_jobs=-1))
         _, serial = timed(lambda: infomec(train_s, tr, discrete_latents, estimator=estimator, n_jobs=1))
         row(f'InfoMEC {label}', ours, serial, f'InfoE fits parallel vs serial; infom {result["infom"]:.3f}')
         fast_total += ours
-        features = infomec_module._explicitness_features(tr, np.ones(12, bool), discrete_latents)
-        codes = [label_encode(c) for c in train_s.T]
-        _, ours_e = timed(lambda: infomec_module._explicitness(features, codes, -1))
-        _, serial_e = timed(lambda: infomec_module._explicitness(features, codes, 1))
+        encoding = 'onehot' if discrete_latents else 'standardize'
+        _, ours_e = timed(lambda: infoe(train_s, tr, encoding, n_jobs=-1))
+        _, serial_e = timed(lambda: infoe(train_s, tr, encoding, n_jobs=1))
         row(f'  of which InfoE {label}', ours_e, serial_e, '6 logistic fits')
         value, ours = timed(lambda: mig(train_s, tr))
         reference, serial = timed(lambda: serial_mig(train_s, tr))
         assert abs(value - reference) < 1e-10
         row(f'MIG {label}', ours, serial, f'bincount MI vs sklearn mutual_info_score; mig {value:.3f}')
         fast_total += ours
-        result, ours = timed(lambda: sap(*split, n_jobs=-1))
-        _, serial = timed(lambda: sap(*split, n_jobs=1))
+        result, ours = timed(lambda: sap(*train, test=test, n_jobs=-1))
+        _, serial = timed(lambda: sap(*train, test=test, n_jobs=1))
         row(f'SAP {label}', ours, serial, f'72 LinearSVC fits; sap {result["sap"]:.3f}')
         fast_total += ours
-        result, ours = timed(lambda: modularity(*split, n_jobs=-1))
+        result, ours = timed(lambda: modularity(*train, test=test, n_jobs=-1))
         _, serial = timed(lambda: (modularity_from_mutual_info(serial_mutual_info_matrix(train_s, tr).T),
-                                   modularity(*split, n_jobs=1)))
+                                   modularity(*train, test=test, n_jobs=1)))
         row(f'modularity+explicitness {label}', ours, serial, f'modularity {result["modularity"]:.3f}')
         fast_total += ours
         if not args.skip_dci:
-            result, ours = timed(lambda: dci(*split, n_jobs=-1))
-            _, serial = timed(lambda: dci(*split, n_jobs=1))
+            result, ours = timed(lambda: dci(*train, test=test, n_jobs=-1))
+            _, serial = timed(lambda: dci(*train, test=test, n_jobs=1))
             row(f'DCI gbt (reference) {label}', ours, serial, f'D {result["disentanglement"]:.3f} '
                 f'C {result["completeness"]:.3f} I {result["informativeness_test"]:.3f}')
             for importance in ('random_forest', 'lasso'):
-                result, ours = timed(lambda: dci(*split, importance=importance, n_jobs=-1))
+                result, ours = timed(lambda: dci(*train, test=test, importance=importance, n_jobs=-1))
                 print(f'{"DCI " + importance + " " + label:<34} {ours:8.2f} s{"":>22}'
                       f'D {result["disentanglement"]:.3f} C {result["completeness"]:.3f}')
     print(f'InfoMEC + MIG + SAP + modularity/explicitness, both representations: {fast_total:.1f} s '

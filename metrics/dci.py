@@ -5,6 +5,11 @@ Per source j a classifier predicts s_j from all latents; its feature importances
 of the importance matrix R (d latents x K sources). D_i = 1 - H_K(R_i. / sum R_i.), averaged
 with weights sum R_i. / sum R; C_j = 1 - H_d(R_.j / sum R_.j), weighted by sum R_.j / sum R
 (H_b: entropy in base b). Informativeness: mean prediction accuracy over sources.
+Deviations from disentanglement_lib: it adds 1e-11 to every importance before the entropies, which
+moves D and C by less than 1e-8; here zeros enter as 0 log 0 = 0, so an exact code scores exactly
+1. K = 1 (D) or d = 1 (C) gives 1 where an importance is positive (there: entropy in base 1, 0/0);
+the boosted trees are seeded (there: unseeded); a one-valued source gets zero importances (there
+the fit fails).
 
 Estimators (`importance=`):
 - 'gbt' (the reference): GradientBoostingClassifier with scikit-learn defaults, impurity
@@ -79,22 +84,21 @@ def _fit_one_source(train_latents, train_codes, test_latents, test_codes, import
             float(np.mean(model.predict(test_latents) == test_codes)))
 
 
-def dci(train_latents, train_sources, test_latents, test_sources, importance='gbt', n_jobs=-1, seed=0):
+def dci(sources, latents, *, test, importance='gbt', seed=0, n_jobs=-1):
     """DCI scores. Returns {'disentanglement', 'completeness', 'informativeness_train',
     'informativeness_test', 'importance_matrix' (d, K), 'importance', 'informativeness_kind'}.
 
+    sources (N, K), latents (N, d): the training pair; test: the held-out pair (test_sources, test_latents).
     One fit per source, in n_jobs worker processes (1: in sequence in this process; the result
     is the same). A source with a single value has zero importances and informativeness 1.
     """
-    train_latents, train_sources, test_latents, test_sources = check_split(
-        train_latents, train_sources, test_latents, test_sources)
+    sources, latents, test_sources, test_latents = check_split(sources, latents, test)
     check_choice('importance estimator', importance, IMPORTANCE_ESTIMATORS)
     jobs = []
-    for j in range(train_sources.shape[1]):
+    for j in range(sources.shape[1]):
         # One code table for both splits, so a value means the same class on both sides.
-        codes, _ = label_encode(np.concatenate([train_sources[:, j], test_sources[:, j]]))
-        jobs.append((train_latents, codes[:len(train_latents)], test_latents, codes[len(train_latents):],
-                     importance, seed))
+        codes, _ = label_encode(np.concatenate([sources[:, j], test_sources[:, j]]))
+        jobs.append((latents, codes[:len(latents)], test_latents, codes[len(latents):], importance, seed))
     fits = parallel_map(_fit_one_source, jobs, n_jobs)
     importance_matrix = np.stack([f[0] for f in fits], axis=1)
     disentanglement, completeness = disentanglement_completeness(importance_matrix)

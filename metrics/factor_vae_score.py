@@ -5,7 +5,11 @@ fix one random factor k for a batch of `batch_size` images (other factors unifor
 each latent's variance in the batch by its variance over the data, and vote (argmin latent,
 k). A majority-vote classifier maps each latent to the factor it most often wins for; the
 score is its accuracy on separate evaluation votes. numpy only; images come from
-`dataset.images_for_factors` and latents from `encode`.
+`dataset.images_for_factors` and latents from `encode`. prune_std 0.05 is disentanglement_lib's
+study setting (prune_dims.threshold in its metric configs; the function's own default is 0).
+Deviations from disentanglement_lib: 'num_active' counts the active latents (it reports the number
+of all latents under that name); factors are drawn with numpy's Generator from `seed`, not its
+RandomState stream, so the same seed draws other (equally distributed) batches.
 """
 import numpy as np
 

@@ -1,62 +1,135 @@
 """InfoMEC: modularity (InfoM), explicitness (InfoE) and compactness (InfoC).
 
-Information-theoretic disentanglement metrics of Hsu et al. (2023), "Disentanglement
-via Latent Quantization" (QLAE). Depends only on numpy and scikit-learn.
+Information-theoretic disentanglement metrics of Hsu et al. (2023), "Disentanglement via Latent
+Quantization" (QLAE), in the two forms the authors' code (kylehkhsu/latent_quantization) computes:
+
+- protocol='standalone' (default): their standalone file disentangle/metrics/infomec.py.
+- protocol='paper': the training code behind the paper's tables (disentangle/metrics/
+  mutual_information.py for NMI, InfoM, InfoC and explicitness.py for InfoE, called by
+  scripts/train_ae.py and train_gan.py on the encoder's z_hat: float codebook values for QLAE and
+  QLInfoWGAN-GP, integer codebook indices for the VQ-VAE, real numbers for continuous models).
+
+                     'standalone'                                'paper'
+  active latent      discrete: range > 0;                        range > max range / 8, discrete
+                     continuous: range > max range / 20          and continuous
+  NMI, continuous    kNN (mutual_info_classif), 10 neighbours,   kNN, 3 neighbours, on the latents
+                     on standardized latents                     as they are
+  InfoE features     one-hot if discrete_latents, else           one-hot if the latents have an
+                     standardized                                integer dtype, standardized if float
+  InfoE entropy      sklearn log_loss (clips p to [eps, 1-eps])  mean of -log predict_proba
+
+Common to both: sources label-encoded per column; NMI_ji = I(z_i; s_j) / H(s_j) in nats (plug-in
+on label-encoded latents when discrete_latents, one mutual_info_classif call per latent-source
+pair when continuous); InfoE on ALL latents (active or not): per source a logistic regression (no
+penalty, class_weight='balanced', lbfgs, tol 1e-4, at most 100 iterations) fitted and scored on
+all N samples, and the same fit on all-zero features as the null model (it predicts uniform, so
+its cross-entropy is log #classes); InfoE = mean over sources of (CE_null - CE) / CE_null;
+InfoM = (mean over active latents of max_j NMI / sum_j NMI - 1/K) / (1 - 1/K);
+InfoC = (mean over sources of max_i NMI / sum_i NMI over active latents - 1/A) / (1 - 1/A).
+
+Where the authors' code gives NaN or fails, this file gives a defined number (same for both protocols):
+- an active latent whose NMI column is all zero (no information about any source) is left out of
+  InfoM's mean. The paper's code does this (its NaN ratio is masked out); the standalone file
+  returns NaN InfoM.
+- a source with zero NMI to every active latent counts as ratio 1/A in InfoC (so it lowers InfoC
+  like an evenly spread source); both files return NaN InfoC.
+- K == 1: InfoM = 1 if some active latent informs the source, else 0. A == 1: InfoC = the fraction
+  of sources that latent informs. No active latent: InfoM = InfoC = 0. (Both files: NaN.)
+- a source with a single value has an all-zero NMI row and is skipped by InfoE and
+  InfoE-regression (both files' logistic fit raises on one class); InfoE is 0 if no source is left.
+- the standalone file fits its null model on np.zeros_like(latents), which fails its own float
+  check for integer latents (e.g. VQ-VAE indices); here the null model is always fitted on float zeros.
+Deviations from the authors' code: the kNN estimator is seeded (random_state, default 0) where
+the authors' calls draw fresh tie-breaking noise each time; the paper's -log p is clipped at the
+smallest positive float64 so a probability that underflows to 0 gives a large finite loss instead of
+inf; scikit-learn >= 1.8 (pinned here) fits a binary source with one logistic model (the authors'
+multi_class='multinomial' is gone), the same model family and optimum as their two-class softmax,
+so the numbers agree wherever the 100 iterations converge. Depends only on numpy and scikit-learn.
 """
 import warnings
 
 import numpy as np
 from joblib import Parallel, delayed
+from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import mutual_info_classif
 from sklearn.linear_model import LinearRegression, LogisticRegression
-from sklearn.metrics import r2_score
+from sklearn.metrics import log_loss, r2_score
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from metrics._common import (check_choice, check_num_bins, check_pair, entropy_from_codes, histogram_discretize,
                              label_encode, parallel_map, plugin_mutual_info)
 
-DISCRETE_ESTIMATORS = ("plugin",)
-CONTINUOUS_ESTIMATORS = ("knn", "histogram")
-# Unpenalised fits on (near-)separable data never converge; a cap keeps them fast
-# while the in-sample cross-entropy is already close to its infimum.
-LOGISTIC_MAX_ITER = 200
+PROTOCOLS = ('standalone', 'paper')
+DISCRETE_ESTIMATORS = ('plugin',)
+CONTINUOUS_ESTIMATORS = ('knn', 'histogram')
+INFOE_ENCODINGS = ('onehot', 'standardize', 'dtype')
+CROSS_ENTROPIES = ('log_loss', 'log_proba')
+LOGISTIC_MAX_ITER = 100  # both protocols: the fits stop here whether or not they have converged
 
 
-def _normalized_mutual_info(source_codes, latents, discrete_latents, estimator,
-                            num_bins, random_state):
-    """NMI_ij = I(z_i; s_j) / H(s_j), shape (K, d); sources with H = 0 get a zero row."""
+def protocol_settings(protocol, discrete_latents):
+    """The settings a protocol fixes (each can be overridden by infomec's keyword of the same name)."""
+    check_choice('protocol', protocol, PROTOCOLS)
+    if protocol == 'paper':
+        return {'prune_fraction': 1.0 / 8.0, 'n_neighbors': 3, 'infoe_encoding': 'dtype',
+                'standardize_for_knn': False, 'cross_entropy': 'log_proba'}
+    return {'prune_fraction': 0.0 if discrete_latents else 1.0 / 20.0, 'n_neighbors': 10,
+            'infoe_encoding': 'onehot' if discrete_latents else 'standardize',
+            'standardize_for_knn': True, 'cross_entropy': 'log_loss'}
+
+
+# ----------------------------------------------------------------------------------- NMI (K, d)
+
+def _knn_row(columns, codes, n_neighbors, random_state):
+    # One call per latent, as both protocols do (the tie-breaking noise is drawn per call).
+    return [mutual_info_classif(column[:, None], codes, discrete_features=False, n_neighbors=n_neighbors,
+                                random_state=random_state)[0] for column in columns.T]
+
+
+def _normalized_mutual_info(source_codes, latents, discrete_latents, estimator, num_bins, n_neighbors,
+                            standardize_for_knn, random_state):
+    """NMI_ji = I(z_i; s_j) / H(s_j), shape (K, d); sources with H = 0 get a zero row."""
     h_source = np.array([entropy_from_codes(s, n) for s, n in source_codes])
-    if estimator == "knn":
+    informative = [j for j in range(len(source_codes)) if h_source[j] > 0]
+    if estimator == 'knn':
+        columns = StandardScaler().fit_transform(latents) if standardize_for_knn else latents
         mi = np.zeros((len(source_codes), latents.shape[1]))
-        informative = [j for j in range(len(source_codes)) if h_source[j] > 0]
-        # Threads over sources: the KD-tree queries release the GIL, so two cores give
-        # ~1.7x without process start-up cost; each call still sees all latents, so the
-        # result equals the sequential mutual_info_classif(latents, s_j) exactly.
-        rows = Parallel(n_jobs=2, backend="threading")(
-            delayed(mutual_info_classif)(latents, source_codes[j][0],
-                                         discrete_features=False, random_state=random_state)
-            for j in informative)
+        # Threads over sources: the KD-tree queries release the GIL. Each call is the same as in sequence.
+        rows = Parallel(n_jobs=2, backend='threading')(
+            delayed(_knn_row)(columns, source_codes[j][0], n_neighbors, random_state) for j in informative)
         for j, row in zip(informative, rows):
             mi[j] = row
     else:
         binned = latents if discrete_latents else histogram_discretize(latents, num_bins)
-        latent_codes = [label_encode(col) for col in binned.T]
-        mi = plugin_mutual_info(latent_codes, source_codes)
-    nmi = np.divide(mi, h_source[:, None], out=np.zeros_like(mi),
-                    where=h_source[:, None] > 0)
-    return np.nan_to_num(nmi, nan=0.0, posinf=0.0, neginf=0.0)
+        mi = plugin_mutual_info([label_encode(col) for col in binned.T], source_codes)
+    return np.divide(mi, h_source[:, None], out=np.zeros_like(mi), where=h_source[:, None] > 0)
 
 
-def _normalized_sparsity(nmi, axis, num_alternatives):
-    """(mean of max / sum along `axis` - 1/n) / (1 - 1/n), n = num_alternatives.
+def _infom(active_nmi, num_sources):
+    """InfoM over the active latents that inform some source (an all-zero column is left out)."""
+    totals = active_nmi.sum(axis=0)
+    informative = totals > 0
+    if not informative.any():
+        return 0.0
+    if num_sources == 1:
+        return 1.0
+    ratios = active_nmi.max(axis=0)[informative] / totals[informative]
+    return float((ratios.mean() - 1.0 / num_sources) / (1.0 - 1.0 / num_sources))
 
-    An all-zero slice gets ratio 1/n (uninformative), so it never produces NaN."""
-    totals = nmi.sum(axis=axis)
-    ratios = np.divide(nmi.max(axis=axis), totals,
-                       out=np.full(totals.shape, 1.0 / num_alternatives),
+
+def _infoc(active_nmi):
+    """InfoC over all sources; a source no active latent informs counts as ratio 1/A."""
+    num_active = active_nmi.shape[1]
+    if num_active == 0:
+        return 0.0
+    totals = active_nmi.sum(axis=1)
+    if num_active == 1:
+        return float(np.mean(totals > 0))
+    ratios = np.divide(active_nmi.max(axis=1), totals, out=np.full(totals.shape, 1.0 / num_active),
                        where=totals > 0)
-    return float((ratios.mean() - 1.0 / num_alternatives) / (1.0 - 1.0 / num_alternatives))
+    return float((ratios.mean() - 1.0 / num_active) / (1.0 - 1.0 / num_active))
 
 
 def _mean_top_gap(nmi, axis):
@@ -69,129 +142,150 @@ def _mean_top_gap(nmi, axis):
     return float(np.mean(top1 - top2))
 
 
-def _explicitness_features(latents, active, discrete_latents):
-    """One-hot codes (discrete) or standardised non-constant columns (continuous)."""
-    columns = latents[:, active]
-    if discrete_latents:
-        blocks = []
-        for col in columns.T:
-            codes, n = label_encode(col)
-            blocks.append(np.eye(n)[codes])
-        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(latents), 0))
-    columns = columns.astype(np.float64)
-    std = columns.std(axis=0)
-    keep = std > 0
-    return (columns[:, keep] - columns[:, keep].mean(axis=0)) / std[keep]
+# ------------------------------------------------------------------------------------- InfoE
+
+def resolve_encoding(latents, encoding):
+    """'onehot' or 'standardize': what `encoding` means for these latents."""
+    check_choice('infoe_encoding', encoding, INFOE_ENCODINGS)
+    if encoding == 'dtype':
+        return 'standardize' if np.asarray(latents).dtype.kind == 'f' else 'onehot'
+    return encoding
 
 
-def _logistic_explicitness(features, codes):
-    """(CE_null - CE) / CE_null for one source; CE_null = log(#classes) because the
-    class-balanced null model predicts the uniform distribution."""
-    model = LogisticRegression(C=np.inf, class_weight="balanced", solver="lbfgs",
+def explicitness_features(latents, encoding):
+    """InfoE's design matrix from ALL latents: 'onehot' (every distinct value of every latent a 0/1
+    column, sparse), 'standardize' (zero mean, unit variance; a constant column becomes 0), or
+    'dtype' (one-hot for integer latents, standardized for float ones, as the paper's code decides)."""
+    latents = np.asarray(latents)
+    if resolve_encoding(latents, encoding) == 'onehot':
+        return OneHotEncoder(dtype=np.float64).fit_transform(latents)
+    return StandardScaler().fit_transform(latents)
+
+
+def _cross_entropy(model, features, codes, cross_entropy):
+    proba = model.predict_proba(features)
+    if cross_entropy == 'log_loss':  # the standalone file
+        return log_loss(codes, proba, labels=model.classes_)
+    # The paper's: softmax cross-entropy of the log-probabilities, -log p once they sum to 1.
+    log_proba = np.log(np.maximum(proba, np.finfo(np.float64).tiny))
+    picked = log_proba[np.arange(len(codes)), np.searchsorted(model.classes_, codes)]
+    return float(np.mean(logsumexp(log_proba, axis=1) - picked))
+
+
+def _logistic_fit(features, codes):
+    model = LogisticRegression(C=np.inf, tol=1e-4, fit_intercept=True, class_weight='balanced', solver='lbfgs',
                                max_iter=LOGISTIC_MAX_ITER)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(features, codes)
-    proba = model.predict_proba(features)
-    # Plain (unweighted) in-sample cross-entropy; clip so a 0 probability stays finite.
-    column = np.searchsorted(model.classes_, codes)
-    picked = np.clip(proba[np.arange(len(codes)), column], 1e-15, 1.0)
-    cross_entropy = -np.mean(np.log(picked))
-    null = np.log(len(model.classes_))
-    return (null - cross_entropy) / null
+        warnings.simplefilter('ignore', ConvergenceWarning)  # the authors' cap, unconverged or not
+        return model.fit(features, codes)
 
 
-def _explicitness(features, source_codes, n_jobs):
-    """InfoE (logistic) and its linear-regression R^2 variant, averaged over the
-    sources with at least two classes; 0.0 if there are none or no features."""
-    usable = [(s, n) for s, n in source_codes if n > 1]
-    if features.shape[1] == 0 or not usable:
-        return 0.0, 0.0
-    # One lbfgs fit per source in worker processes (threads gain nothing: lbfgs holds
-    # the GIL). Same fits as in sequence, so the same numbers.
-    infoe = parallel_map(_logistic_explicitness, [(features, s) for s, _ in usable], n_jobs)
-    # All standardised sources as one multi-output least-squares problem (one solve).
-    targets = np.stack([(s - s.mean()) / s.std() for s, _ in usable], axis=1)
-    with threadpool_limits(limits=1):
-        predictions = LinearRegression().fit(features, targets).predict(features)
-    r2 = r2_score(targets, predictions, multioutput="raw_values")
-    return float(np.mean(infoe)), float(np.mean(r2))
+def _infoe_one_source(features, codes, cross_entropy):
+    """(CE_null - CE) / CE_null for one source."""
+    fitted = _cross_entropy(_logistic_fit(features, codes), features, codes, cross_entropy)
+    # The null model: the same fit on all-zero features. Zero features get zero gradient, so one
+    # zero column gives the same fit as the authors' zeros of the latents' shape.
+    zeros = np.zeros((len(codes), 1))
+    null = _cross_entropy(_logistic_fit(zeros, codes), zeros, codes, cross_entropy)
+    return (null - fitted) / null
 
 
-def infomec(sources, latents, discrete_latents, *, estimator=None, num_bins=20,
-            prune_fraction=None, random_state=0, n_jobs=1):
-    """Compute InfoM, InfoE and InfoC between ground-truth sources and latents.
+def infoe(sources, latents, encoding='standardize', *, cross_entropy='log_loss', n_jobs=1):
+    """InfoE and InfoE-regression of all latents: {'infoe', 'infoe_regression', 'infoe_per_source'}.
+
+    encoding: see explicitness_features. cross_entropy: 'log_loss' (the standalone file) or
+    'log_proba' (the paper's). InfoE-regression (the paper's explicitness_regression): R^2 of a
+    linear regression from the same features to each standardized source, averaged.
+    Sources with one value are skipped (NaN in infoe_per_source); none left, or latents that
+    never vary, give 0.0 and 0.0.
+    """
+    sources, latents = check_pair(sources, latents)
+    check_choice('cross_entropy', cross_entropy, CROSS_ENTROPIES)
+    features = explicitness_features(latents, encoding)
+    source_codes = [label_encode(col)[0] for col in sources.T]
+    usable = [j for j, codes in enumerate(source_codes) if codes.max() > 0]
+    per_source = np.full(len(source_codes), np.nan)
+    # Latents that never vary carry nothing: 0, where the fits would give 0 up to rounding.
+    if not usable or np.all(latents == latents[:1]):
+        return {'infoe': 0.0, 'infoe_regression': 0.0, 'infoe_per_source': per_source}
+    # One lbfgs fit per source in worker processes (lbfgs holds the GIL); same fits, same numbers.
+    per_source[usable] = parallel_map(_infoe_one_source, [(features, source_codes[j], cross_entropy)
+                                                          for j in usable], n_jobs)
+    targets = sources[:, usable].astype(np.float64)
+    targets = (targets - targets.mean(axis=0)) / targets.std(axis=0)
+    dense = features.toarray() if hasattr(features, 'toarray') else features
+    with threadpool_limits(limits=1):  # one least-squares solve for all sources
+        predictions = LinearRegression().fit(dense, targets).predict(dense)
+    r2 = r2_score(targets, predictions, multioutput='raw_values')
+    return {'infoe': float(np.mean(per_source[usable])), 'infoe_regression': float(np.mean(r2)),
+            'infoe_per_source': per_source}
+
+
+# ------------------------------------------------------------------------------------ InfoMEC
+
+def infomec(sources, latents, discrete_latents, *, protocol='standalone', estimator=None, num_bins=20,
+            prune_fraction=None, n_neighbors=None, infoe_encoding=None, random_state=0, n_jobs=1):
+    """InfoM, InfoE and InfoC of latents (N, d) about sources (N, K) (see the module docstring).
 
     Args:
       sources: (N, K) ground-truth factor values (label-encoded per column).
-      latents: (N, d) latent codes, float or int.
-      discrete_latents: if True, latents are label-encoded and MI uses the plug-in
-        estimator ('plugin', the only valid choice). Otherwise 'knn' (default;
-        sklearn's mutual_info_classif) or 'histogram' (num_bins equal-width bins).
-      prune_fraction: latent i is active iff its range (max - min) exceeds
-        prune_fraction * the largest range. Default 0 for discrete latents and 1/20
-        for continuous ones; 1/8 reproduces the QLAE paper's training runs.
-      random_state: seed for the kNN estimator's tie-breaking noise.
+      latents: (N, d) latent codes, float or int (the paper protocol's InfoE reads the dtype).
+      discrete_latents: True: NMI by the plug-in estimator on label-encoded latents ('plugin', the
+        only choice). False: 'knn' (default) or 'histogram' (num_bins equal-width bins).
+      protocol: 'standalone' or 'paper'; sets the defaults of the next three arguments.
+      prune_fraction: latent i is active iff its range exceeds prune_fraction x the largest range.
+      n_neighbors: neighbours of the kNN estimator.
+      infoe_encoding: 'onehot', 'standardize' or 'dtype' (see explicitness_features).
+      random_state: seed of the kNN estimator's tie-breaking noise.
       n_jobs: worker processes for the InfoE fits (-1: one per core). Default 1 (in this process):
         train.py calls this every eval_every steps, where starting workers costs more than it saves.
 
-    Returns a dict with 'infom', 'infoe', 'infoc', 'nmi' (K, d), 'active' (d,),
-    'num_active', 'infom_gap', 'infoc_gap', 'infoe_regression' and the parameters.
-
-    Degenerate cases (never NaN): a source with one value has an all-zero NMI row,
-    counts as ratio 1/A in InfoC and is skipped in InfoE / InfoE-regression; a
-    latent with all-zero NMI counts as ratio 1/K in InfoM. No active latent gives
-    InfoM = InfoC = InfoE = InfoE-regression = gaps over active latents = 0. K == 1
-    gives InfoM = 1 if any latent is active; A == 1 gives InfoC = 1 if that latent
-    has any information. InfoE is 0 if no source has two classes; it is not clipped,
-    so a badly fitting model could make it slightly negative. NMI is not clipped
-    either: the kNN estimate can exceed H(s_j) by a little, giving NMI slightly > 1.
+    Returns a dict with 'infom', 'infoe', 'infoc', 'nmi' (K, d), 'active' (d,), 'num_active',
+    'infom_gap' (over active latents), 'infoc_gap' (over all latents), 'infoe_regression', and the
+    settings used ('infoe_encoding' resolved to 'onehot' or 'standardize'). Never NaN: the degenerate
+    cases are in the module docstring. InfoE is not clipped (a poor fit can make it slightly
+    negative), nor is NMI (the kNN estimate can exceed H(s_j) a little).
     """
     sources, latents = check_pair(sources, latents)
+    settings = protocol_settings(protocol, discrete_latents)
     valid = DISCRETE_ESTIMATORS if discrete_latents else CONTINUOUS_ESTIMATORS
     estimator = valid[0] if estimator is None else estimator
     check_choice(f'estimator for {"discrete" if discrete_latents else "continuous"} latents', estimator, valid)
     num_bins = check_num_bins(num_bins)
-    if prune_fraction is None:
-        prune_fraction = 0.0 if discrete_latents else 1.0 / 20.0
+    prune_fraction = settings['prune_fraction'] if prune_fraction is None else prune_fraction
+    n_neighbors = settings['n_neighbors'] if n_neighbors is None else n_neighbors
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
+        raise ValueError(f'n_neighbors must be an integer >= 1; got {n_neighbors!r}')
+    infoe_encoding = settings['infoe_encoding'] if infoe_encoding is None else infoe_encoding
+    resolve_encoding(latents, infoe_encoding)  # an unknown name fails before the slow part
     source_codes = [label_encode(col) for col in sources.T]
-    num_sources = len(source_codes)
 
-    # One BLAS/OpenMP thread: these matrices are small, and multi-threaded BLAS made
-    # the regressions over 10x slower on a 2-core machine (oversubscription).
+    # One BLAS/OpenMP thread: these matrices are small, and multi-threaded BLAS made the
+    # regressions over 10x slower on a 2-core machine (oversubscription).
     with threadpool_limits(limits=1):
-        nmi = _normalized_mutual_info(source_codes, latents, discrete_latents, estimator,
-                                      num_bins, random_state)
-    ranges = latents.max(axis=0).astype(np.float64) - latents.min(axis=0)
-    # All-constant latents: every range is 0 and 0 > 0 is False, so none is active.
+        nmi = _normalized_mutual_info(source_codes, latents, discrete_latents, estimator, num_bins,
+                                      n_neighbors, settings['standardize_for_knn'], random_state)
+    # Ranges in the latents' own dtype, as both files compute them. All-constant latents: every
+    # range is 0 and 0 > 0 is False, so none is active.
+    ranges = latents.max(axis=0) - latents.min(axis=0)
     active = ranges > prune_fraction * ranges.max()
-    num_active = int(active.sum())
     active_nmi = nmi[:, active]
-
-    if num_active == 0:
-        infom = infoc = 0.0
-    else:
-        infom = 1.0 if num_sources == 1 else _normalized_sparsity(active_nmi, 0, num_sources)
-        if num_active == 1:
-            infoc = float(active_nmi.sum() > 0)
-        else:
-            infoc = _normalized_sparsity(active_nmi, 1, num_active)
-
-    features = _explicitness_features(latents, active, discrete_latents)
-    infoe, infoe_regression = _explicitness(features, source_codes, n_jobs)
-
+    explicitness = infoe(sources, latents, infoe_encoding, cross_entropy=settings['cross_entropy'], n_jobs=n_jobs)
     return {
-        "infom": infom,
-        "infoe": infoe,
-        "infoc": infoc,
-        "nmi": nmi,
-        "active": active,
-        "num_active": num_active,
-        "infom_gap": _mean_top_gap(active_nmi, axis=0),
-        "infoc_gap": _mean_top_gap(nmi, axis=1),
-        "infoe_regression": infoe_regression,
-        "estimator": estimator,
-        "prune_fraction": prune_fraction,
-        "num_bins": num_bins,
-        "infoe_max_iter": LOGISTIC_MAX_ITER,
+        'infom': _infom(active_nmi, len(source_codes)),
+        'infoe': explicitness['infoe'],
+        'infoc': _infoc(active_nmi),
+        'nmi': nmi,
+        'active': active,
+        'num_active': int(active.sum()),
+        'infom_gap': _mean_top_gap(active_nmi, axis=0),
+        'infoc_gap': _mean_top_gap(nmi, axis=1),
+        'infoe_regression': explicitness['infoe_regression'],
+        'protocol': protocol,
+        'estimator': estimator,
+        'prune_fraction': float(prune_fraction),
+        'n_neighbors': int(n_neighbors),
+        'infoe_encoding': resolve_encoding(latents, infoe_encoding),
+        'num_bins': num_bins,
+        'infoe_max_iter': LOGISTIC_MAX_ITER,
     }

@@ -9,12 +9,13 @@ import numpy as np
 from metrics._common import check_num_bins, check_pair, discretized_mutual_info
 
 
-def mig(sources, latents, num_bins=20):
+def mig(sources, latents, *, num_bins=20):
     """MIG of latents (N, d) about integer sources (N, K); a float in [0, 1].
 
-    Degenerate cases: a source with a single value has entropy 0 and contributes a gap of 0
-    (so MIG equals InfoMEC's `infoc_gap` with estimator='histogram'); with one latent the
-    second-largest MI is taken as 0; constant latents carry no information.
+    Degenerate cases (disentanglement_lib: NaN or an IndexError): a source with a single value has
+    entropy 0 and contributes a gap of 0 (so MIG equals InfoMEC's `infoc_gap` with
+    estimator='histogram'); with one latent the second-largest MI is taken as 0; constant latents
+    carry no information.
     """
     sources, latents = check_pair(sources, latents)
     mi, h_source = discretized_mutual_info(sources, latents, check_num_bins(num_bins))

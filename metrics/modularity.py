@@ -3,18 +3,23 @@
 Modularity: from the histogram-discretized MI matrix m (d latents x K sources), per latent
 theta = max_j m_ij^2 and delta = (sum_j m_ij^2 - theta) / (theta (K - 1)); its score is
 1 - delta (0 if the latent carries no information); modularity is the mean over latents.
-Explicitness: per source a logistic regression (sklearn defaults) from all latents; the
-one-vs-rest ROC AUC of its predicted probabilities, averaged over classes and sources.
-numpy and scikit-learn only.
+Explicitness: latents standardized with the training split's mean and std (applied to both
+splits); per source a logistic regression (`LogisticRegression()`: by default the one-vs-rest
+liblinear model those defaults meant when disentanglement_lib ran) from all latents; the one-vs-rest
+ROC AUC of its predicted probabilities, averaged over classes and sources.
+Deviations from disentanglement_lib: a constant latent is divided by 1, not 0 (there the fit fails
+on NaN); sources with one value are skipped (there the fit fails); a class missing from one split
+is left out of that split's AUC (there roc_auc_score fails); with one source an informative
+latent's modularity is 1 (there 0/0). numpy and scikit-learn only.
 """
 import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from metrics._common import check_num_bins, check_split, discretized_mutual_info, label_encode, parallel_map
+from metrics._common import (LOGISTIC_SOLVERS, check_choice, check_num_bins, check_split, default_logistic_regression,
+                             discretized_mutual_info, label_encode, parallel_map)
 
 
 def modularity_from_mutual_info(mutual_info):
@@ -31,12 +36,12 @@ def modularity_from_mutual_info(mutual_info):
     return float(np.mean(np.where(theta > 0, 1.0 - delta, 0.0)))
 
 
-def _explicitness_one_source(train_latents, train_codes, test_latents, test_codes):
+def _explicitness_one_source(train_latents, train_codes, test_latents, test_codes, solver):
     """(train AUC, test AUC) of one source's logistic regression, macro-averaged over the classes
     that have both positives and negatives in the evaluated split."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', ConvergenceWarning)
-        model = LogisticRegression().fit(train_latents, train_codes)
+        model = default_logistic_regression(solver).fit(train_latents, train_codes)
     aucs = []
     for latents, codes in ((train_latents, train_codes), (test_latents, test_codes)):
         proba = model.predict_proba(latents)
@@ -46,23 +51,34 @@ def _explicitness_one_source(train_latents, train_codes, test_latents, test_code
     return aucs
 
 
-def modularity(train_latents, train_sources, test_latents, test_sources, num_bins=20, n_jobs=-1):
-    """Modularity (on the train split) and explicitness (fit on train; AUC on train and test).
+def modularity(sources, latents, *, test, num_bins=20, solver='liblinear', n_jobs=-1):
+    """Modularity (on the training pair) and explicitness (fit on it; AUC on both pairs).
 
-    Returns {'modularity', 'explicitness_train', 'explicitness_test', 'mutual_info' (d, K), 'num_bins'}.
-    Sources with a single value are skipped by explicitness (0.5, chance AUC, if none is left);
-    AUC is averaged over the classes seen in training.
+    sources (N, K), latents (N, d): the training pair; test: the held-out pair (test_sources, test_latents).
+    solver: the classifier disentanglement_lib's `LogisticRegression()` meant when it ran
+    ('liblinear', one-vs-rest) or means today ('lbfgs'); see metrics._common.default_logistic_regression.
+
+    Returns {'modularity', 'explicitness_train', 'explicitness_test', 'mutual_info' (d, K), 'num_bins',
+    'solver'}. Sources with a single value are skipped by explicitness (0.5, chance AUC, if none is
+    left); AUC is averaged over the classes seen in training.
     """
-    train_latents, train_sources, test_latents, test_sources = check_split(
-        train_latents, train_sources, test_latents, test_sources)
-    mi, _ = discretized_mutual_info(train_sources, train_latents, check_num_bins(num_bins))
+    sources, latents, test_sources, test_latents = check_split(sources, latents, test)
+    check_choice('logistic solver', solver, LOGISTIC_SOLVERS)
+    mi, _ = discretized_mutual_info(sources, latents, check_num_bins(num_bins))
+    # Standardized with the training pair's mean and std on both sides, as disentanglement_lib does,
+    # so the score does not depend on the latents' scale. A constant latent (std 0, where
+    # disentanglement_lib divides 0 by 0 and its fit fails on the NaN) is divided by 1 instead.
+    mean, std = latents.mean(axis=0), latents.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    train_features, test_features = (latents - mean) / std, (test_latents - mean) / std
     jobs = []
-    for j in range(train_sources.shape[1]):
+    for j in range(sources.shape[1]):
         # One code table for both splits, so a value means the same class on both sides.
-        codes, _ = label_encode(np.concatenate([train_sources[:, j], test_sources[:, j]]))
-        train_codes, test_codes = codes[:len(train_sources)], codes[len(train_sources):]
+        codes, _ = label_encode(np.concatenate([sources[:, j], test_sources[:, j]]))
+        train_codes, test_codes = codes[:len(sources)], codes[len(sources):]
         if len(np.unique(train_codes)) > 1:
-            jobs.append((train_latents, train_codes, test_latents, test_codes))
+            jobs.append((train_features, train_codes, test_features, test_codes, solver))
     aucs = np.array(parallel_map(_explicitness_one_source, jobs, n_jobs)) if jobs else np.full((1, 2), 0.5)
     return {'modularity': modularity_from_mutual_info(mi.T), 'explicitness_train': float(aucs[:, 0].mean()),
-            'explicitness_test': float(aucs[:, 1].mean()), 'mutual_info': mi.T, 'num_bins': num_bins}
+            'explicitness_test': float(aucs[:, 1].mean()), 'mutual_info': mi.T, 'num_bins': num_bins,
+            'solver': solver}

@@ -40,7 +40,7 @@ def cases(n=600, seed=0):
 @pytest.fixture(scope='module')
 def reference_scores():
     s, codes = cases()
-    return s, codes, {name: dci(z[:400], s[:400], z[400:], s[400:], n_jobs=1) for name, z in codes.items()}
+    return s, codes, {name: dci(s[:400], z[:400], test=(s[400:], z[400:]), n_jobs=1) for name, z in codes.items()}
 
 
 def test_reference_scores_order_the_cases(reference_scores):
@@ -54,7 +54,7 @@ def test_reference_scores_order_the_cases(reference_scores):
 def test_parallel_fits_equal_serial(reference_scores):
     s, codes, ref = reference_scores
     z = codes['mixed']
-    parallel = dci(z[:400], s[:400], z[400:], s[400:], n_jobs=2)
+    parallel = dci(s[:400], z[:400], test=(s[400:], z[400:]), n_jobs=2)
     np.testing.assert_array_equal(parallel['importance_matrix'], ref['mixed']['importance_matrix'])
 
 
@@ -63,7 +63,7 @@ def test_fast_estimators_stay_near_the_reference(reference_scores, importance, t
     s, codes, ref = reference_scores
     gaps = []
     for name, z in codes.items():
-        fast = dci(z[:400], s[:400], z[400:], s[400:], importance=importance, n_jobs=1)
+        fast = dci(s[:400], z[:400], test=(s[400:], z[400:]), importance=importance, n_jobs=1)
         assert fast['importance'] == importance
         assert fast['informativeness_kind'] == ('r2' if importance == 'lasso' else 'accuracy')
         gaps += [abs(fast['disentanglement'] - ref[name]['disentanglement']),
@@ -75,4 +75,4 @@ def test_fast_estimators_stay_near_the_reference(reference_scores, importance, t
 def test_unknown_estimator_is_named():
     s = np.zeros((10, 1), int)
     with pytest.raises(ValueError, match="'xgboost'.*'gbt'"):
-        dci(s, s, s, s, importance='xgboost')
+        dci(s, s, test=(s, s), importance='xgboost')

@@ -25,3 +25,19 @@ def test_cli_reports_unknown_metric_in_one_line(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count('\n') == 0 and "'nope'" in result.stderr and 'factor_vae' in result.stderr
+
+
+def test_infomec_is_reported_in_both_protocols():
+    import types
+
+    import numpy as np
+    sources = np.repeat(np.arange(4), 6)[:, None] % np.array([[2, 4]])
+    latents = (sources * np.array([[1.0, 0.1]])).astype(np.float32)  # the second latent: range 0.3 of 1
+    model = types.SimpleNamespace(DISCRETE=True)
+    results, seconds = evaluation.compute_metrics(('infomec',), model, None, None, None, (sources, latents),
+                                                  (sources, latents), votes=1, seed=0, n_jobs=1)
+    assert list(results) == ['infomec', 'infomec_paper'] and set(seconds) == set(results)
+    assert results['infomec']['protocol'] == 'standalone' and results['infomec_paper']['protocol'] == 'paper'
+    assert results['infomec_paper']['infoe_encoding'] == 'standardize'  # float latents, as the paper's code
+    headline = evaluation.headline_scores(results)
+    assert {'infomec.infom', 'infomec_paper.infom', 'infomec_paper.infoc'} <= set(headline)

@@ -124,3 +124,17 @@ def test_invalid_arguments_raise(kwargs, message):
 def test_encoder_returning_nan_raises():
     with pytest.raises(ValueError, match='NaN'):
         beta_vae_score(lambda im: np.full((len(im), 2), np.nan), FactorPixels(), 0, **FAST['beta_vae'])
+
+
+def test_beta_vae_classifier_is_the_one_disentanglement_lib_ran():
+    # disentanglement_lib fits `LogisticRegression()`; with the scikit-learn it ran that was liblinear,
+    # one-vs-rest (tests/test_metrics_modularity.py checks that classifier against its steps). Today's
+    # defaults (lbfgs, multinomial) score noisy codes differently.
+    def noisy(images):
+        factors = read_factors(images)
+        return 0.1 * (factors + 3.0 * np.random.default_rng(int(images.sum()) % 2**32).standard_normal(factors.shape))
+    default = beta_vae_score(noisy, FactorPixels(), 0, **FAST['beta_vae'])
+    lbfgs = beta_vae_score(noisy, FactorPixels(), 0, solver='lbfgs', **FAST['beta_vae'])
+    assert default['solver'] == 'liblinear'
+    assert default['score'] == beta_vae_score(noisy, FactorPixels(), 0, solver='liblinear', **FAST['beta_vae'])['score']
+    assert abs(default['train_accuracy'] - lbfgs['train_accuracy']) > 0.01

@@ -12,13 +12,13 @@ from metrics.sap import sap
 def run_all(latents, sources):
     """Every array-input metric on a 2:1 split; returns the headline numbers."""
     n = 2 * len(latents) // 3
-    tr = (latents[:n], sources[:n], latents[n:], sources[n:])
-    m = modularity(*tr, n_jobs=1)
-    d = dci(*tr, importance='lasso', n_jobs=1)
-    g = dci(*tr, importance='gbt', n_jobs=1)
+    train, test = (sources[:n], latents[:n]), (sources[n:], latents[n:])
+    m = modularity(*train, test=test, n_jobs=1)
+    d = dci(*train, test=test, importance='lasso', n_jobs=1)
+    g = dci(*train, test=test, importance='gbt', n_jobs=1)
     i = infomec(sources, latents, False, estimator='histogram', n_jobs=1)
-    return {'mig': mig(sources, latents), 'sap': sap(*tr, n_jobs=1)['sap'],
-            'sap_continuous': sap(*tr, continuous=True)['sap'], 'modularity': m['modularity'],
+    return {'mig': mig(sources, latents), 'sap': sap(*train, test=test, n_jobs=1)['sap'],
+            'sap_continuous': sap(*train, test=test, continuous=True)['sap'], 'modularity': m['modularity'],
             'explicitness': m['explicitness_test'], 'dci_lasso_d': d['disentanglement'],
             'dci_lasso_c': d['completeness'], 'dci_gbt_d': g['disentanglement'], 'dci_gbt_c': g['completeness'],
             'dci_informativeness': g['informativeness_test'], 'infom': i['infom'], 'infoe': i['infoe']}
@@ -42,8 +42,9 @@ def test_degenerate_inputs_give_finite_scores(name, latents, sources):
 
 
 def split_metrics():
-    return {'sap': lambda a, b, c, d: sap(a, b, c, d, n_jobs=1), 'dci': lambda a, b, c, d: dci(a, b, c, d, n_jobs=1),
-            'modularity': lambda a, b, c, d: modularity(a, b, c, d, n_jobs=1)}
+    return {'sap': lambda s, z, test: sap(s, z, test=test, n_jobs=1),
+            'dci': lambda s, z, test: dci(s, z, test=test, n_jobs=1),
+            'modularity': lambda s, z, test: modularity(s, z, test=test, n_jobs=1)}
 
 
 @pytest.mark.parametrize('metric', ['sap', 'dci', 'modularity'])
@@ -56,14 +57,21 @@ def test_invalid_split_inputs_raise(metric, latents, sources, message):
     fn = split_metrics()[metric]
     good = np.zeros((3, 1))
     with pytest.raises(ValueError, match=message):
-        fn(latents, sources, good, good)
+        fn(sources, latents, (good, good))
     with pytest.raises(ValueError, match=message):
-        fn(good, good, latents, sources)
+        fn(good, good, (sources, latents))
 
 
 def test_train_test_columns_must_match():
     with pytest.raises(ValueError, match='same columns'):
-        sap(np.zeros((3, 2)), np.zeros((3, 1)), np.zeros((3, 3)), np.zeros((3, 1)))
+        sap(np.zeros((3, 1)), np.zeros((3, 2)), test=(np.zeros((3, 1)), np.zeros((3, 3))))
+
+
+@pytest.mark.parametrize('metric', ['sap', 'dci', 'modularity'])
+def test_test_split_must_be_a_pair(metric):
+    good = np.zeros((3, 1))
+    with pytest.raises(ValueError, match=r'test must be the held-out pair \(test_sources, test_latents\)'):
+        split_metrics()[metric](good, good, good)
 
 
 @pytest.mark.parametrize('latents, sources, kwargs, message', [
