@@ -12,7 +12,9 @@ This file is self-contained: it imports only jax, optax, numpy and the standard 
 copied alone into another project. Interface (shared by every file in models/):
     Config, init(key, config, image_shape), train_step(config, state, images, key),
     encode(config, state, images), decode(config, state, latents), DISCRETE.
-Deviations from the authors' code: none known in the loss; the network is written in plain JAX.
+Deviations from the authors' code (kylehkhsu/latent_quantization): none known. Network, initial
+distributions (Equinox's defaults), optimizer groups and loss are theirs; written in plain JAX
+(NHWC), so a seed draws different initial numbers from the same distributions.
 """
 import dataclasses
 import functools
@@ -29,7 +31,7 @@ DISCRETE = False  # encode() returns real numbers, so metrics treat the latents 
 class Config:
     num_latents: int = 12             # d; the paper uses 2 x number of sources
     learning_rate: float = 1e-3
-    weight_decay: float = 0.0         # l2 on "regularized" parameters (the paper's AE has none)
+    weight_decay: float = 0.0         # l2 on "regularized" parameters (0.001 on shapes3d and mpi3d)
     grad_clip: float = 1.0            # element-wise clip of "regularized" gradients
     # Network: the paper's "large" encoder and style decoder; shrink these lists for CPU runs.
     enc_widths: tuple = (32, 32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256)
@@ -61,12 +63,23 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------
 # Network: plain functions over nested dicts of arrays.
-# Leaf names say which optimizer group a parameter joins: 'w', 'scale', 'const' are regularized
-# (weight decay + clipping); 'b', 'bias', 'codebook' are not.
+# Leaf names say which optimizer group a parameter joins: biases ('b', norm offsets 'bias') and
+# codebooks are unregularized; every other leaf (kernels, norm scales, the decoder's constant) is
+# regularized: weight decay + clipping, as the authors' code does for every weight.
 # ----------------------------------------------------------------------------------------------
 
+# Initialisation: Equinox's defaults, which the authors' code uses. A layer's weights AND biases are
+# drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = input features, or input channels x kernel
+# area for convolutions, transposed ones included (Equinox counts the transposed conv's input
+# channels, where PyTorch would count its output channels). The convolutions have no bias.
+
+def uniform_init(rng, fan_in, shape):
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
 def dense_init(rng, fan_in, fan_out):
-    return {'w': rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in), 'b': np.zeros(fan_out)}
+    return {'w': uniform_init(rng, fan_in, (fan_in, fan_out)), 'b': uniform_init(rng, fan_in, (fan_out,))}
 
 
 def dense(p, x):
@@ -74,7 +87,7 @@ def dense(p, x):
 
 
 def conv_init(rng, kernel, c_in, c_out):
-    return rng.normal(size=(kernel, kernel, c_in, c_out)) * np.sqrt(2.0 / (kernel * kernel * c_in))
+    return uniform_init(rng, kernel * kernel * c_in, (kernel, kernel, c_in, c_out))
 
 
 def conv(w, x, stride):
@@ -169,7 +182,7 @@ def loss_fn(params, config, images):
 def param_groups(params):
     def group(path, _):
         name = path[-1].key
-        return 'regularized' if name in ('w', 'scale', 'const') else 'unregularized'
+        return 'unregularized' if name in ('b', 'bias', 'codebook') else 'regularized'
     return jax.tree_util.tree_map_with_path(group, params)
 
 

@@ -13,8 +13,11 @@ This file is self-contained: it imports only jax, optax, numpy and the standard 
 copied alone into another project. Interface (shared by every file in models/):
     Config, init(key, config, image_shape), train_step(config, state, images, key),
     encode(config, state, images), decode(config, state, latents), DISCRETE.
-Deviations: the loss is the QLAE authors' form, BCE averaged per pixel + beta (d / D_x) mean_k KL_k
-(D_x = H W C pixels), which is the summed beta-VAE loss divided by D_x; the network is the QLAE one.
+Deviations from the authors' code (kylehkhsu/latent_quantization): none known. Network, initial
+distributions (Equinox's defaults), optimizer groups and loss are theirs; written in plain JAX
+(NHWC), so a seed draws different initial numbers from the same distributions.
+As in their code, and unlike the beta-VAE paper, the loss is BCE averaged per pixel +
+beta (d / D_x) mean_k KL_k (D_x = H W C pixels): the summed beta-VAE loss divided by D_x.
 """
 import dataclasses
 import functools
@@ -65,12 +68,23 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------
 # Network: plain functions over nested dicts of arrays.
-# Leaf names say which optimizer group a parameter joins: 'w', 'scale', 'const' are regularized
-# (weight decay + clipping); 'b', 'bias', 'codebook' are not.
+# Leaf names say which optimizer group a parameter joins: biases ('b', norm offsets 'bias') and
+# codebooks are unregularized; every other leaf (kernels, norm scales, the decoder's constant) is
+# regularized: weight decay + clipping, as the authors' code does for every weight.
 # ----------------------------------------------------------------------------------------------
 
+# Initialisation: Equinox's defaults, which the authors' code uses. A layer's weights AND biases are
+# drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = input features, or input channels x kernel
+# area for convolutions, transposed ones included (Equinox counts the transposed conv's input
+# channels, where PyTorch would count its output channels). The convolutions have no bias.
+
+def uniform_init(rng, fan_in, shape):
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
 def dense_init(rng, fan_in, fan_out):
-    return {'w': rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in), 'b': np.zeros(fan_out)}
+    return {'w': uniform_init(rng, fan_in, (fan_in, fan_out)), 'b': uniform_init(rng, fan_in, (fan_out,))}
 
 
 def dense(p, x):
@@ -78,7 +92,7 @@ def dense(p, x):
 
 
 def conv_init(rng, kernel, c_in, c_out):
-    return rng.normal(size=(kernel, kernel, c_in, c_out)) * np.sqrt(2.0 / (kernel * kernel * c_in))
+    return uniform_init(rng, kernel * kernel * c_in, (kernel, kernel, c_in, c_out))
 
 
 def conv(w, x, stride):
@@ -189,7 +203,7 @@ def loss_fn(params, config, images, key):
 def param_groups(params):
     def group(path, _):
         name = path[-1].key
-        return 'regularized' if name in ('w', 'scale', 'const') else 'unregularized'
+        return 'unregularized' if name in ('b', 'bias', 'codebook') else 'regularized'
     return jax.tree_util.tree_map_with_path(group, params)
 
 

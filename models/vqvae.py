@@ -14,9 +14,13 @@ This file is self-contained: it imports only jax, optax, numpy and the standard 
 copied alone into another project. Interface (shared by every file in models/):
     Config, init(key, config, image_shape), train_step(config, state, images, key),
     encode(config, state, images), decode(config, state, latents), DISCRETE.
-Deviations: the codebook and commitment terms are means over every element (the QLAE authors' form)
-rather than the paper's squared norms per vector, so their scale is 1/64 of the paper's; the
-codebook is learned by gradient (no moving averages); the network is the QLAE one.
+Deviations from the authors' code (kylehkhsu/latent_quantization): none known. Network, initial
+distributions (Equinox's defaults), optimizer groups and loss are theirs; written in plain JAX
+(NHWC), so a seed draws different initial numbers from the same distributions.
+As in their code, and unlike the VQ-VAE paper, the codebook and commitment terms are means over
+every element, not squared norms per vector (1/64 of the paper's scale), and the codebook learns by
+gradient (no moving averages). Weight decay 0.01 is their parameter files' value; the QLAE paper's
+ablation table reports the VQ-VAE with it and without it (weight_decay=0).
 """
 import dataclasses
 import functools
@@ -37,7 +41,7 @@ class Config:
     codebook_weight: float = 1.0      # pulls the chosen codebook entries towards the encoder output
     commit_weight: float = 0.25       # pulls the encoder output towards its codebook entries
     learning_rate: float = 1e-3
-    weight_decay: float = 0.0         # l2 on "regularized" parameters (ablation: 0.01)
+    weight_decay: float = 0.01        # l2 on "regularized" parameters (the paper also reports 0)
     grad_clip: float = 1.0            # element-wise clip of "regularized" gradients
     # Network: the paper's "large" encoder and style decoder; shrink these lists for CPU runs.
     enc_widths: tuple = (32, 32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256)
@@ -70,12 +74,23 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------
 # Network: plain functions over nested dicts of arrays.
-# Leaf names say which optimizer group a parameter joins: 'w', 'scale', 'const' are regularized
-# (weight decay + clipping); 'b', 'bias', 'codebook' are not.
+# Leaf names say which optimizer group a parameter joins: biases ('b', norm offsets 'bias') and
+# codebooks are unregularized; every other leaf (kernels, norm scales, the decoder's constant) is
+# regularized: weight decay + clipping, as the authors' code does for every weight.
 # ----------------------------------------------------------------------------------------------
 
+# Initialisation: Equinox's defaults, which the authors' code uses. A layer's weights AND biases are
+# drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = input features, or input channels x kernel
+# area for convolutions, transposed ones included (Equinox counts the transposed conv's input
+# channels, where PyTorch would count its output channels). The convolutions have no bias.
+
+def uniform_init(rng, fan_in, shape):
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
 def dense_init(rng, fan_in, fan_out):
-    return {'w': rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in), 'b': np.zeros(fan_out)}
+    return {'w': uniform_init(rng, fan_in, (fan_in, fan_out)), 'b': uniform_init(rng, fan_in, (fan_out,))}
 
 
 def dense(p, x):
@@ -83,7 +98,7 @@ def dense(p, x):
 
 
 def conv_init(rng, kernel, c_in, c_out):
-    return rng.normal(size=(kernel, kernel, c_in, c_out)) * np.sqrt(2.0 / (kernel * kernel * c_in))
+    return uniform_init(rng, kernel * kernel * c_in, (kernel, kernel, c_in, c_out))
 
 
 def conv(w, x, stride):
@@ -209,7 +224,7 @@ def loss_fn(params, config, images):
 def param_groups(params):
     def group(path, _):
         name = path[-1].key
-        return 'regularized' if name in ('w', 'scale', 'const') else 'unregularized'
+        return 'unregularized' if name in ('b', 'bias', 'codebook') else 'regularized'
     return jax.tree_util.tree_map_with_path(group, params)
 
 

@@ -166,7 +166,9 @@ def test_reconstruction_falls_on_toyshapes_tiny(tiny_model, toyshapes):
     images = toyshapes.images(np.arange(0, 480_000, 480_000 // config.batch_size)).astype(np.float32) / 255
     state = model.init(jax.random.key(0), model_config, toyshapes.image_shape)
     history = []
-    for step in range(40):
+    # 100 steps: from the authors' initialisation (uniform, small) the logits start near 0 and the
+    # BioAE's reconstruction falls by only about 0.01 in the first 40 steps, 0.06 by step 100.
+    for step in range(100):
         state, metrics = model.train_step(model_config, state, images, jax.random.key(step))
         history.append({k: float(v) for k, v in metrics.items()})
     assert all(np.isfinite(list(m.values())).all() for m in history)
