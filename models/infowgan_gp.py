@@ -347,8 +347,8 @@ def train_step(config, state, images, key):
         generator_params, generator_opt_state, gen_loss = jax.lax.cond(
             is_generator_step, generator_update, lambda *before: before, *before)
     else:
-        # Computed every step and kept only on generator steps: XLA:CPU runs the convolutions inside a
-        # cond branch as plain loop nests (as inside loops, README "Speed"), slower than the wasted work.
+        # Computed every step and kept only on generator steps: XLA:CPU ran the convolutions inside a
+        # cond branch several times slower than outside one, which costs more than the wasted updates.
         generator_params, generator_opt_state, gen_loss = jax.tree.map(
             lambda new, old: jnp.where(is_generator_step, new, old), generator_update(*before), before)
     metrics.update(loss=metrics['critic_loss'], gen_loss=gen_loss)
