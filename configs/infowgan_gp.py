@@ -5,10 +5,15 @@
   python train.py --config=configs/infowgan_gp.py:toyshapes,tiny     # seconds; used by the tests
   python train.py --config=configs/infowgan_gp.py:shapes3d --config.model.quantized=True   # QLInfoWGAN-GP
 
-One step is n_critic (5) critic updates, each with a gradient penalty (a second backward pass),
-and one generator update: on CPU a step costs about 5 autoencoder steps (bench.py, small network:
-25 vs 130 images/s), so the CPU schedule runs 200 of them, one step per compiled call: K=5 measured
-0.92x the plain loop on 2 CPU cores and took 175 s to compile (its 25 critic updates are unrolled).
+One step is one critic update (with its gradient penalty, a second backward pass); every n_critic-th
+step (5) adds a generator update. 200k steps are the authors' 200k critic and 40k generator updates.
+The CPU schedule (procedural datasets) runs 1000 steps: 1000 critic and 200 generator updates.
+Its intervals are multiples of n_critic, so every logged step is a generator step and its `gen_loss`
+is that step's. One step per compiled call: on CPU a call of K steps compiles K unrolled critic
+updates and K generator updates.
+Weight decay per dataset, from the authors' parameter files (configs/params/quantized_info_gan/*):
+QLInfoWGAN-GP 1e-3 on shapes3d and mpi3d, 1e-4 on falcor3d; their sweep used 1e-3 on isaac3d.
+InfoWGAN-GP 1e-4 (their model default; no per-dataset files).
 """
 from configs import common
 from models import infowgan_gp
@@ -17,5 +22,6 @@ from models import infowgan_gp
 def get_config(arg=None):
     dataset, presets = common.parse_arg(arg)
     return common.base_config('infowgan_gp', infowgan_gp.Config(), dataset, presets, batch_size=64,
-                              cpu_schedule={'num_steps': 200, 'eval_every': 100, 'checkpoint_every': 50,
-                                            'log_every': 10, 'steps_per_call': 1})
+                              per_dataset_model={'falcor3d': {'quantized_weight_decay': 1e-4}},
+                              cpu_schedule={'num_steps': 1000, 'eval_every': 500, 'checkpoint_every': 250,
+                                            'log_every': 50, 'steps_per_call': 1})

@@ -4,23 +4,36 @@ Papers: "Disentanglement via Latent Quantization", Hsu, Dorrell, Whittington, Wu
 which trains both as baselines; WGAN-GP (Gulrajani et al. 2017) with an InfoGAN-style latent
 prediction head (Chen et al. 2016).
 Train: python train.py --config=configs/infowgan_gp.py:shapes3d   (offline: configs/infowgan_gp.py:toyshapes)
-QLInfoWGAN-GP: add --config.model.quantized=True (weight decay becomes quantized_weight_decay, 1e-3)
+QLInfoWGAN-GP: add --config.model.quantized=True (weight decay becomes quantized_weight_decay: 1e-3,
+1e-4 on falcor3d as in the authors' parameter files; configs/infowgan_gp.py sets it)
 
 The generator is the style decoder (x_fake = sigmoid(logits)) fed with z ~ U[0,1]^d. The critic is
-the encoder trunk with two heads: a value D(x) and a latent prediction z_hat(x), trained to recover
-the z that made a fake image; that head is the encoder of real images. In the quantized variant
-each latent has a learnable codebook of 10 values, z picks one uniformly per latent, and z_hat is
-snapped to its nearest codebook value with straight-through gradients, as in QLAE.
+the encoder trunk with two heads: a value D(x) (one Dense layer on the trunk's 256 features) and a
+latent prediction z_hat(x), trained to recover the z that made a fake image; that head is the encoder
+of real images. In the quantized variant each latent has a learnable codebook of 10 values
+(initialised linspace(-0.5, 0.5, 10)), z picks one uniformly per latent, and z_hat is snapped to its
+nearest codebook value with straight-through gradients, as in QLAE. The codebook is on the
+generator's side, as in the authors' code: the generator's optimizer (plain Adam, like biases) moves
+it, with the gradient of the generator loss, which reaches it through the sampled values of z and
+through its quantization term; the generator loss also holds the commitment term (0.01 each). The
+critic loss holds both terms too, of which only the commitment term moves the critic.
 
 Interface (shared by every file in models/): Config, init, train_step, encode, decode, DISCRETE.
 Imports only jax, optax, numpy and the standard library.
-One train_step = n_critic (5) critic updates, then one generator update. Choice: all critic updates
-use the step's one batch of real images, each with fresh fake samples (the original draws a new real
-batch per critic update; splitting the batch would shrink it to 64 / 5).
-Deviations and readings of the papers: the value head is one Dense layer on the trunk's 256 features;
-the codebook is initialised linspace(-0.5, 0.5, 10) and moves only by the quantization term (z is
-sampled from the codebook without gradient); the quantization and commitment terms are computed on
-the fake images, in the critic loss.
+One train_step = one critic update on the step's batch; on steps with (step + 1) % n_critic == 0 it
+is followed by one generator update against the updated critic (jax.lax.cond, or on CPU computed every
+step and kept only on those steps: Config.generator_branch). So num_steps = 200k means 200k critic
+and 40k generator updates, as in the authors' loop, and the generator's Adam state moves only on its
+own updates. Initialisation is Equinox's default, as the authors' code used: every
+Dense and conv weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (a transposed conv's fan-in is its
+input channels x kernel area, as in Equinox), norm scales 1 and offsets 0, the constant 0.1; their
+convs have no bias. Every parameter gets element-wise clipping and weight decay except biases, norm
+offsets and the codebook (the authors' GAN rule).
+Deviations from the authors' code: the transposed convs are computed as four interleaved 2x2 convs
+(the same function); the gradient penalty's norm has 1e-12 under the square root; random streams
+differ (numpy draws the initial weights); `gen_loss` on a step without a generator update repeats the
+last generator update's loss (0 before the first). Evaluation: the authors scored QLInfoWGAN-GP's
+latents as discrete; here DISCRETE is False for both variants (see below).
 """
 import dataclasses
 import functools
@@ -45,11 +58,14 @@ class Config:
     commit_weight: float = 0.01        # QLAE's commitment term (quantized only)
     gp_weight: float = 10.0            # gradient penalty
     latent_weight: float = 200.0       # latent prediction, in both players' losses
-    n_critic: int = 5                  # critic updates per generator update
+    n_critic: int = 5                  # a generator update on every n_critic-th step (critic update)
     learning_rate: float = 2e-4        # Adam, betas (0, 0.9), both players
     weight_decay: float = 1e-4         # decoupled, on "regularized" parameters (InfoWGAN-GP)
     quantized_weight_decay: float = 1e-3  # used instead of weight_decay when quantized
     grad_clip: float = 1.0             # element-wise clip of "regularized" gradients
+    # How the generator update is skipped; the same result either way. 'cond': jax.lax.cond (skips the
+    # work); 'mask': computed every step, kept on generator steps; 'auto': 'mask' on CPU, else 'cond'.
+    generator_branch: str = 'auto'
     # Network: the QLAE paper's encoder (critic trunk) and style decoder (generator).
     enc_widths: tuple = (32, 32, 32, 64, 64, 64, 128, 128, 128, 256, 256, 256)
     enc_kernels: tuple = (3, 3, 4) * 4
@@ -63,6 +79,8 @@ class Config:
         for name in ('num_latents', 'num_values', 'mlp_width', 'n_critic'):
             if getattr(self, name) < 1:
                 raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
+        if self.generator_branch not in ('auto', 'cond', 'mask'):
+            raise ValueError(f"model.generator_branch='{self.generator_branch}'; accepted: auto, cond, mask")
         if self.learning_rate <= 0:
             raise ValueError(f'model.learning_rate={self.learning_rate} must be > 0')
         for name in ('gp_weight', 'latent_weight', 'weight_decay', 'quantized_weight_decay'):
@@ -80,11 +98,17 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------
-# Network (a copy of models/qlae.py's; the critic reuses the encoder's parts): plain functions
+# Network (QLAE's encoder and style decoder; the critic reuses the encoder's parts): plain functions
 # ----------------------------------------------------------------------------------------------
 
+def uniform(rng, shape, fan_in):
+    """Equinox's default for every Linear and Conv weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
 def dense_init(rng, fan_in, fan_out):
-    return {'w': rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in), 'b': np.zeros(fan_out)}
+    return {'w': uniform(rng, (fan_in, fan_out), fan_in), 'b': uniform(rng, (fan_out,), fan_in)}
 
 
 def dense(p, x):
@@ -92,7 +116,9 @@ def dense(p, x):
 
 
 def conv_init(rng, kernel, c_in, c_out):
-    return rng.normal(size=(kernel, kernel, c_in, c_out)) * np.sqrt(2.0 / (kernel * kernel * c_in))
+    """A conv kernel without bias (the authors' conv blocks have none). c_in is the input channels
+    for the transposed convs too: Equinox's ConvTranspose takes fan_in = in_channels x kernel area."""
+    return uniform(rng, (kernel, kernel, c_in, c_out), kernel * kernel * c_in)
 
 
 def conv(w, x, stride):
@@ -159,11 +185,16 @@ def decoder(p, config, z):
     return conv(p['out'], x, 1)  # logits
 
 
+def generator_init(rng, config, image_shape):
+    params = decoder_init(rng, config, image_shape, config.num_latents)
+    if config.quantized:  # the prior's values belong to the generator side, as in the authors' code
+        params['codebook'] = np.tile(np.linspace(-0.5, 0.5, config.num_values), (config.num_latents, 1))
+    return params
+
+
 def critic_init(rng, config, image_shape):
     params = encoder_init(rng, config, image_shape, config.num_latents)  # its head predicts z
     params['value'] = dense_init(rng, config.mlp_width, 1)
-    if config.quantized:
-        params['codebook'] = np.tile(np.linspace(-0.5, 0.5, config.num_values), (config.num_latents, 1))
     return params
 
 
@@ -188,20 +219,23 @@ def quantize(codebook, z_continuous):
     return jnp.take_along_axis(codebook, indices.T, axis=-1).T
 
 
-def sample_prior(critic_params, config, key, batch_size):
+def sample_prior(generator_params, config, key, batch_size):
+    """z ~ U[0,1]^d, or one codebook value per latent picked uniformly. The picked values carry the
+    codebook's gradient: the generator loss trains the codebook through them."""
     shape = (batch_size, config.num_latents)
     if not config.quantized:
         return jax.random.uniform(key, shape)
-    codebook = jax.lax.stop_gradient(critic_params['codebook'])  # moved by the quantization term only
+    codebook = generator_params['codebook']
     return codebook[jnp.arange(config.num_latents), jax.random.randint(key, shape, 0, config.num_values)]
 
 
-def predict_latents(critic_params, config, x):
-    """(value, z_hat, quantize_loss, commit_loss); z_hat is straight-through quantized if config.quantized."""
+def predict_latents(critic_params, codebook, config, x):
+    """(value, z_hat, quantize_loss, commit_loss); z_hat is straight-through quantized if config.quantized.
+    quantize_loss moves only the codebook, commit_loss only what made z_hat (critic, or generator via x)."""
     value, z_hat = critic(critic_params, config, x)
     if not config.quantized:
         return value, z_hat, 0.0, 0.0
-    q = quantize(critic_params['codebook'], z_hat)
+    q = quantize(codebook, z_hat)
     quantize_loss = jnp.mean((jax.lax.stop_gradient(z_hat) - q) ** 2)
     commit_loss = jnp.mean((z_hat - jax.lax.stop_gradient(q)) ** 2)
     return value, z_hat + jax.lax.stop_gradient(q - z_hat), quantize_loss, commit_loss
@@ -218,13 +252,16 @@ def gradient_norms(critic_params, config, x):
     return jnp.sqrt(jnp.sum(grads ** 2, axis=(1, 2, 3)) + 1e-12)  # eps: differentiable at 0
 
 
-def critic_loss_fn(critic_params, config, real, fake, z, mix_weight):
+def critic_loss_fn(critic_params, codebook, config, real, fake, z, mix_weight):
+    """The critic's loss; fake, z and the codebook are constants here."""
     value_real = critic(critic_params, config, real)[0]
-    value_fake, z_hat, quantize_loss, commit_loss = predict_latents(critic_params, config, fake)
+    value_fake, z_hat, quantize_loss, commit_loss = predict_latents(critic_params, codebook, config, fake)
     mixed = mix_weight * real + (1 - mix_weight) * fake
     gradient_penalty = jnp.mean((gradient_norms(critic_params, config, mixed) - 1) ** 2)
     latent_loss = jnp.mean((z_hat - z) ** 2)
     wasserstein = value_real.mean() - value_fake.mean()
+    # The authors' critic loss holds both codebook terms; only the commitment term reaches the
+    # critic's parameters (the quantization term's gradient is the codebook's, not the critic's).
     loss = (-wasserstein + config.gp_weight * gradient_penalty + config.latent_weight * latent_loss
             + config.quantize_weight * quantize_loss + config.commit_weight * commit_loss)
     metrics = {'critic_loss': loss, 'wasserstein': wasserstein, 'gradient_penalty': gradient_penalty,
@@ -234,9 +271,14 @@ def critic_loss_fn(critic_params, config, real, fake, z, mix_weight):
     return loss, metrics
 
 
-def generator_loss_fn(generator_params, critic_params, config, z):
-    value_fake, z_hat, _, _ = predict_latents(critic_params, config, generate(generator_params, config, z))
-    return -value_fake.mean() + config.latent_weight * jnp.mean((z_hat - z) ** 2)
+def generator_loss_fn(generator_params, critic_params, config, key, batch_size):
+    """-D(G(z)) + latent prediction (+ the codebook terms): the generator's and the codebook's loss.
+    z is drawn inside, so the codebook gets its gradient through the sampled values."""
+    z = sample_prior(generator_params, config, key, batch_size)
+    value_fake, z_hat, quantize_loss, commit_loss = predict_latents(
+        critic_params, generator_params.get('codebook'), config, generate(generator_params, config, z))
+    return (-value_fake.mean() + config.latent_weight * jnp.mean((z_hat - z) ** 2)
+            + config.quantize_weight * quantize_loss + config.commit_weight * commit_loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,14 +286,16 @@ def generator_loss_fn(generator_params, critic_params, config, z):
 # ----------------------------------------------------------------------------------------------
 
 def param_groups(params):
+    """The authors' rule: every parameter is regularized (kernels, weight matrices, norm scales, the
+    constant) except biases (Dense biases 'b', norm offsets 'bias') and the codebook."""
     def group(path, _):
-        name = path[-1].key
-        return 'regularized' if name in ('w', 'scale', 'const') else 'unregularized'
+        return 'unregularized' if path[-1].key in ('b', 'bias', 'codebook') else 'regularized'
     return jax.tree_util.tree_map_with_path(group, params)
 
 
 def optimizer(config):
-    """The same optimizer for each player: Adam(2e-4, betas (0, 0.9)), clipping and decay on weights."""
+    """The same optimizer for each player: Adam(2e-4, betas (0, 0.9)); clipping and decay on the
+    regularized group."""
     decay = config.quantized_weight_decay if config.quantized else config.weight_decay
     regularized = optax.chain(optax.clip(config.grad_clip),
                               optax.adamw(config.learning_rate, 0.0, 0.9, weight_decay=decay))
@@ -263,49 +307,61 @@ def init(key, config, image_shape):
     # Draw the initial weights with numpy, seeded by the key: on CPU, compiling a jax.random kernel
     # for every parameter shape takes longer than training a small model for a minute.
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-    params = {'generator': decoder_init(rng, config, image_shape, config.num_latents),
+    params = {'generator': generator_init(rng, config, image_shape),
               'critic': critic_init(rng, config, image_shape)}
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     opt_state = {name: optimizer(config).init(p) for name, p in params.items()}
-    return {'params': params, 'opt_state': opt_state, 'step': jnp.zeros((), jnp.int32)}
+    # gen_loss: the generator loss at the latest generator update (0 before the first), logged every step.
+    return {'params': params, 'opt_state': opt_state, 'step': jnp.zeros((), jnp.int32),
+            'gen_loss': jnp.zeros((), jnp.float32)}
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def train_step(config, state, images, key):
-    generator_params = state['params']['generator']
+    """One critic update on this batch; on steps with (step + 1) % n_critic == 0, then one generator
+    update against the updated critic (the authors' loop). The generator's parameters and optimizer
+    state are untouched on the other steps."""
+    params, opt_state = state['params'], state['opt_state']
     batch = images.shape[0]
+    critic_key, generator_key = jax.random.split(key)
+    z_key, mix_key = jax.random.split(critic_key)
 
-    def critic_update(carry, key):
-        critic_params, opt_state = carry
-        z_key, mix_key = jax.random.split(key)
-        z = sample_prior(critic_params, config, z_key, batch)
-        fake = generate(generator_params, config, z)  # a constant for the critic
-        mix_weight = jax.random.uniform(mix_key, (batch, 1, 1, 1))
-        grads, metrics = jax.grad(critic_loss_fn, has_aux=True)(critic_params, config, images, fake, z, mix_weight)
-        updates, opt_state = optimizer(config).update(grads, opt_state, critic_params)
-        return (optax.apply_updates(critic_params, updates), opt_state), metrics
+    z = sample_prior(params['generator'], config, z_key, batch)
+    fake = generate(params['generator'], config, z)
+    mix_weight = jax.random.uniform(mix_key, (batch, 1, 1, 1))
+    grads, metrics = jax.grad(critic_loss_fn, has_aux=True)(  # the critic's gradient only
+        params['critic'], params['generator'].get('codebook'), config, images, fake, z, mix_weight)
+    updates, critic_opt_state = optimizer(config).update(grads, opt_state['critic'], params['critic'])
+    critic_params = optax.apply_updates(params['critic'], updates)
 
-    keys = jax.random.split(key, config.n_critic + 1)
-    # Unrolled: XLA:CPU runs a convolution inside a loop as a slow loop nest (10-50x); unrolling
-    # n_critic copies costs compile time only.
-    (critic_params, critic_opt_state), critic_metrics = jax.lax.scan(
-        critic_update, (state['params']['critic'], state['opt_state']['critic']), keys[:-1], unroll=True)
-    z = sample_prior(critic_params, config, keys[-1], batch)
-    gen_loss, grads = jax.value_and_grad(generator_loss_fn)(generator_params, critic_params, config, z)
-    updates, generator_opt_state = optimizer(config).update(grads, state['opt_state']['generator'], generator_params)
-    metrics = {k: v.mean() for k, v in critic_metrics.items()}  # averaged over the critic updates
+    def generator_update(generator_params, generator_opt_state, _):
+        gen_loss, grads = jax.value_and_grad(generator_loss_fn)(
+            generator_params, critic_params, config, generator_key, batch)
+        updates, generator_opt_state = optimizer(config).update(grads, generator_opt_state, generator_params)
+        return optax.apply_updates(generator_params, updates), generator_opt_state, gen_loss
+
+    is_generator_step = (state['step'] + 1) % config.n_critic == 0
+    before = (params['generator'], opt_state['generator'], state['gen_loss'])
+    if config.generator_branch == 'cond' or (config.generator_branch == 'auto' and jax.default_backend() != 'cpu'):
+        # Runs the update only on generator steps (under jax.vmap over seeds it computes both and selects).
+        generator_params, generator_opt_state, gen_loss = jax.lax.cond(
+            is_generator_step, generator_update, lambda *before: before, *before)
+    else:
+        # Computed every step and kept only on generator steps: XLA:CPU ran the convolutions inside a
+        # cond branch several times slower than outside one, which costs more than the wasted updates.
+        generator_params, generator_opt_state, gen_loss = jax.tree.map(
+            lambda new, old: jnp.where(is_generator_step, new, old), generator_update(*before), before)
     metrics.update(loss=metrics['critic_loss'], gen_loss=gen_loss)
-    return {'params': {'generator': optax.apply_updates(generator_params, updates), 'critic': critic_params},
+    return {'params': {'generator': generator_params, 'critic': critic_params},
             'opt_state': {'generator': generator_opt_state, 'critic': critic_opt_state},
-            'step': state['step'] + 1}, metrics
+            'step': state['step'] + 1, 'gen_loss': gen_loss}, metrics
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def encode(config, state, images):
     """z_hat(x): continuous, or the nearest codebook values in the quantized variant."""
-    critic_params = state['params']['critic']
-    z_hat = critic(critic_params, config, images)[1]
-    return quantize(critic_params['codebook'], z_hat) if config.quantized else z_hat
+    z_hat = critic(state['params']['critic'], config, images)[1]
+    return quantize(state['params']['generator']['codebook'], z_hat) if config.quantized else z_hat
 
 
 @functools.partial(jax.jit, static_argnums=0)
