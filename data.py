@@ -711,15 +711,17 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
     return ds
 
 
-if __name__ == '__main__':
+def main(argv):
     parser = argparse.ArgumentParser(description='Prepare a dataset for load() from its downloaded files.')
     sub = parser.add_subparsers(dest='command', required=True)
     prep = sub.add_parser('prepare', help='convert the downloaded files to array_record')
     prep.add_argument('name', help=', '.join(DATASET_NAMES))
     prep.add_argument('--manual_dir', help='folder holding the downloaded files')
     prep.add_argument('--data_dir', help='output root (default $DISENTAX_DATA_DIR or ~/tensorflow_datasets)')
-    args = parser.parse_args()
-    try:
-        prepare(args.name, args.manual_dir, args.data_dir)
-    except DataError as e:
-        sys.exit(str(e))
+    args = parser.parse_args(argv[1:])
+    prepare(args.name, args.manual_dir, args.data_dir)
+
+
+if __name__ == '__main__':
+    import cli  # here: data.py stays importable alone; cli.py is the command-line contract of the repo
+    cli.run(main, errors=(DataError,))
