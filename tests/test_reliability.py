@@ -26,7 +26,7 @@ from tests.conftest import ROOT
 # Short and fine-grained: a log line every step (the kill points), a checkpoint every 3 steps.
 SCHEDULE = {'num_steps': 12, 'checkpoint_every': 3, 'log_every': 1, 'eval_every': 12, 'eval_samples': 100}
 # cpu_devices=1: the train.py subprocesses must compute bit for bit what train.train() computes in this
-# (one-device) process; splitting the CPU is tested in test_speed.py.
+# (one-device) process; splitting the CPU is tested in test_engine.py.
 CONFIG_ARGS = (['--config=configs/qlae.py:toyshapes,tiny', '--config.cpu_devices=1']
                + [f'--config.{k}={v}' for k, v in SCHEDULE.items()])
 
