@@ -247,7 +247,7 @@ ISAAC3D_FACTORS = (('object_shape', 3), ('robot_x', 8), ('robot_y', 5), ('camera
 SMALLNORB_FACTORS = (('category', 5), ('elevation', 9), ('azimuth', 18), ('lighting', 6))
 CARS3D_FACTORS = (('elevation', 4), ('azimuth', 24), ('object', 183))
 _MPI3D_URL = 'https://storage.googleapis.com/disentanglement_dataset/Final_Dataset'
-_MPI3D_FILES = {'toy': 'mpi3d_toy.npz', 'realistic': 'mpi3d_realistic.npz', 'real': 'mpi3d_real.npz',
+MPI3D_FILES = {'toy': 'mpi3d_toy.npz', 'realistic': 'mpi3d_realistic.npz', 'real': 'mpi3d_real.npz',
                 'complex': 'real3d_complicated_shapes_ordered.npz'}
 _MPI3D_URLS = {**{v: f'{_MPI3D_URL}/mpi3d_{v}.npz' for v in ('toy', 'realistic', 'real')},
                'complex': 'the link in https://github.com/rr-learning/disentanglement_dataset'}
@@ -299,7 +299,7 @@ _DATASETS = {
         (('object_color', 4), ('object_shape', 4)) + MPI3D_FACTORS[2:],
         channels=3, family='mpi3d',
         examples=lambda manual_dir, sizes, variant=variant: _mpi3d_examples(manual_dir, variant, sizes),
-        file=f'{_MPI3D_FILES[variant]} from {_MPI3D_URLS[variant]}')
+        file=f'{MPI3D_FILES[variant]} from {_MPI3D_URLS[variant]}')
        for variant in ('toy', 'realistic', 'real', 'complex')},
     'falcor3d': dict(
         factors=FALCOR3D_FACTORS, channels=3,
@@ -388,7 +388,7 @@ def _color_dsprites(name, grey):
     """dsprites with the sprite (pixels 0/255) scaled by a colour per image: a fixed one per
     example index for images(), a fresh one per row from the rng for images_for_factors()."""
     def images(idx):
-        return _paint(grey._images(idx), _colours(idx))
+        return _paint(grey._images(idx), colours_for_index(idx))
 
     def sample(f, rng):
         idx = grey.index(f, rng)
@@ -404,7 +404,7 @@ def _paint(grey, colours):
     return (grey * colours[:, None, None, :] + 0.5).astype(np.uint8)
 
 
-def _colours(idx):
+def colours_for_index(idx):
     """float32 (n, 3) in [0.5, 1): a fixed pseudo-random colour per example
     index, by the splitmix64 hash (vectorised, no per-call RNG state)."""
     with np.errstate(over='ignore'):
@@ -552,7 +552,7 @@ def _index_table(path, factors, sizes, n):
 # image count, shapes), raising one DataError line, then returns a generator
 # of (key, image uint8 (64, 64, 3), factor indices) that checks each image.
 
-def _halve(images):
+def halve_resolution(images):
     """uint8 (..., 2H, 2W, C) -> (..., H, W, C): the mean of each 2x2 block,
     rounded half up (area averaging; 128 -> 64 is exactly 2x)."""
     *lead, h, w, c = images.shape
@@ -564,7 +564,7 @@ def _mpi3d_examples(manual_dir, variant, sizes):
     """One .npz holding `images` (N, 64, 64, 3) uint8, N = prod(sizes), in the
     unravelled factor order. Streamed from the zip member, so memory stays small."""
     import zipfile
-    path = os.path.join(manual_dir, _MPI3D_FILES[variant])
+    path = os.path.join(manual_dir, MPI3D_FILES[variant])
     if not os.path.isfile(path):
         raise DataError(f'mpi3d_{variant}: {path} not found; download it from {_MPI3D_URLS[variant]}')
     n = math.prod(sizes)
@@ -640,7 +640,7 @@ def _png_folder_examples(folder, labels_name, sizes):
                 raise DataError(f'{name}: cannot read {path} ({type(e).__name__}: {e})') from None
             if image.shape != (128, 128, 3) or image.dtype != np.uint8:
                 raise DataError(f'{name}: {path} is {image.dtype} {image.shape}, expected uint8 (128, 128, 3)')
-            yield i, _halve(image), factors[i]
+            yield i, halve_resolution(image), factors[i]
     return generate()
 
 
@@ -666,7 +666,7 @@ def _cars3d_examples(manual_dir, sizes):
             if mesh.shape != (128, 128, 3, azimuths, elevations) or mesh.dtype != np.uint8:
                 raise DataError(f'cars3d: {path} holds im {mesh.dtype} {mesh.shape}, '
                                 f'expected uint8 {(128, 128, 3, azimuths, elevations)}')
-            small = _halve(mesh.transpose(3, 4, 0, 1, 2))  # (azimuth, elevation, 64, 64, 3)
+            small = halve_resolution(mesh.transpose(3, 4, 0, 1, 2))  # (azimuth, elevation, 64, 64, 3)
             for a in range(azimuths):
                 for e in range(elevations):
                     yield np.ravel_multi_index((e, a, obj), sizes), small[a, e], (e, a, obj)
@@ -775,15 +775,17 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
     return ds
 
 
-if __name__ == '__main__':
+def main(argv):
     parser = argparse.ArgumentParser(description='Prepare a dataset for load() from its downloaded files.')
     sub = parser.add_subparsers(dest='command', required=True)
     prep = sub.add_parser('prepare', help='convert the downloaded files to array_record')
     prep.add_argument('name', help=', '.join(DATASET_NAMES))
     prep.add_argument('--manual_dir', help='folder holding the downloaded files')
     prep.add_argument('--data_dir', help='output root (default $DISENTAX_DATA_DIR or ~/tensorflow_datasets)')
-    args = parser.parse_args()
-    try:
-        prepare(args.name, args.manual_dir, args.data_dir)
-    except DataError as e:
-        sys.exit(str(e))
+    args = parser.parse_args(argv[1:])
+    prepare(args.name, args.manual_dir, args.data_dir)
+
+
+if __name__ == '__main__':
+    import cli  # here: data.py stays importable alone; cli.py is the command-line contract of the repo
+    cli.run(main, errors=(DataError,))

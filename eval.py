@@ -13,25 +13,21 @@ sample sizes by default; on a 2-core CPU they render ~2.9M images, so --votes=10
 Writes into the workdir: eval.json (scores, their parameters, seconds, config, step, library
 versions), summary.png (one page: NMI heatmap, all scores, traversals, reconstructions),
 nmi.png, traversals.png (one row per latent), reconstructions.png (inputs above reconstructions).
+
+train.py evaluates through this file too (the fixed evaluation set, encode_all and
+infomec_during_training); scikit-learn and matplotlib are imported on first use, so training pays
+for neither until it evaluates.
 """
 import os
 import time
 
-import matplotlib
+import jax
 import numpy as np
 from absl import flags
 
-import train
-from metrics import infomec
-from metrics.beta_vae_score import beta_vae_score
-from metrics.dci import dci
-from metrics.factor_vae_score import factor_vae_score
-from metrics.mig import mig
-from metrics.modularity import modularity
-from metrics.sap import sap
-
-matplotlib.use('Agg')  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+import cli
+import rundir
+from cli import UserError
 
 FLAGS = flags.FLAGS
 METRICS = ('infomec', 'mig', 'dci', 'sap', 'modularity', 'factor_vae', 'beta_vae')
@@ -43,32 +39,53 @@ HEADLINE = {'infomec': ('infom', 'infoe', 'infoc'), 'infomec_paper': ('infom', '
             'modularity': ('modularity', 'explicitness_test'), 'factor_vae': ('score',), 'beta_vae': ('score',)}
 
 
+# ================================================================================================
+# The fixed evaluation set, its latents, and the scores train.py logs as it goes
+# ================================================================================================
+
+def evaluation_set(config, dataset, num_samples=None, split=0):
+    """A fixed sample of the dataset (same for every model and seed): indices, sources.
+
+    split 0 (eval_samples images) is the set train.py logs on; other splits are independent
+    fixed samples (the test split of evaluate_run is split 1)."""
+    rng = np.random.default_rng(config.eval_seed if split == 0 else [config.eval_seed, split])
+    n = min(config.eval_samples if num_samples is None else num_samples, dataset.num_examples)
+    indices = np.sort(rng.choice(dataset.num_examples, n, replace=False))
+    return indices, dataset.factors(indices)
+
+
+def encode_all(model, model_config, state, dataset, indices, batch_size=500):
+    """Latents of dataset[indices], encoded in fixed-size batches (the last one padded) to compile once."""
+    out = []
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
+        images = dataset.images(padded).astype(np.float32) / 255.0
+        out.append(np.asarray(model.encode(model_config, state, images))[:len(chunk)])
+    return np.concatenate(out)
+
+
+def infomec_during_training(model, model_config, state, dataset, eval_set):
+    """{'infom', 'infoe', 'infoc'} of one seed's state on the evaluation set: what train.py logs."""
+    indices, sources = eval_set
+    latents = encode_all(model, model_config, jax.device_put(state), dataset, indices)
+    from metrics import infomec  # here, not at the top: scikit-learn takes seconds to import
+    scores = infomec.infomec(sources, latents, model.DISCRETE)
+    return {k: float(scores[k]) for k in ('infom', 'infoe', 'infoc')}
+
+
+# ================================================================================================
+# eval.py: every metric on the newest checkpoint of a run, figures
+# ================================================================================================
+
 def parse_metrics(text):
     """'mig,dci' -> ('mig', 'dci'); an unknown name is one UserError listing the accepted ones."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
-        raise train.UserError(f"unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'} in "
-                              f"--metrics={text!r}; accepted: {', '.join(METRICS)}")
+        raise UserError(f"unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'} in "
+                        f"--metrics={text!r}; accepted: {', '.join(METRICS)}")
     return names
-
-
-def load_run(workdir):
-    """config, model module, model Config, dataset and the restored state of the run in workdir."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        raise train.UserError(f'no run in {workdir}: {path} not found (train first: '
-                              f'python train.py --config=configs/qlae.py:toyshapes --workdir={workdir})')
-    config = train.config_from_json(path)
-    train.validate_config(config)
-    model, model_config = train.load_model(config)
-    dataset = train.load_dataset(config)
-    import jax  # after the cheap checks, so a mistyped workdir answers at once
-    template = model.init(jax.random.key(0), model_config, dataset.image_shape)
-    state = train.restore_latest(workdir, template, config.model_name)
-    if state is None:
-        raise train.UserError(f'no checkpoint in {workdir}/checkpoints: the run has not saved one yet')
-    return config, model, model_config, dataset, state
 
 
 def traversal_values(latents, discrete, num=10):
@@ -87,7 +104,16 @@ def traversal_values(latents, discrete, num=10):
     return values
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing to files only; imported on first use so training does not pay for it."""
+    import matplotlib
+    matplotlib.use('Agg')  # files only; no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def plot_nmi(scores, factor_names, path):
+    plt = pyplot()
     nmi, active = scores['nmi'], scores['active']
     fig, ax = plt.subplots(figsize=(0.5 * nmi.shape[1] + 2.5, 0.45 * nmi.shape[0] + 1.5))
     im = ax.imshow(nmi, vmin=0, vmax=1, cmap='viridis')
@@ -103,6 +129,7 @@ def plot_nmi(scores, factor_names, path):
 
 def image_grid(images, path, row_labels=None):
     """images (rows, cols, H, W, C) in [0, 1] -> one PNG."""
+    plt = pyplot()
     rows, cols = images.shape[:2]
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + 0.6, rows * 0.9), squeeze=False)
     for r in range(rows):
@@ -139,13 +166,21 @@ def compute_metrics(names, model, model_config, state, dataset, train_split, tes
             results[name] = compute_metric(name, model, dataset, tuple(train_split), tuple(test_split), encode,
                                            votes, seed, n_jobs)
         except ValueError as e:  # the metric's own one-line complaint: lengths, NaN latents, ...
-            raise train.UserError(f'cannot compute {"infomec" if name == "infomec_paper" else name}: {e}') from None
+            raise UserError(f'cannot compute {"infomec" if name == "infomec_paper" else name}: {e}') from None
         seconds[name] = time.perf_counter() - tick
     return results, seconds
 
 
 def compute_metric(name, model, dataset, train, test, encode, votes, seed, n_jobs):
     """The result dict of one reported name. train, test: (sources, latents)."""
+    # Imported here, not at the top: scikit-learn takes seconds to import, and train.py imports this file.
+    from metrics import infomec
+    from metrics.beta_vae_score import beta_vae_score
+    from metrics.dci import dci
+    from metrics.factor_vae_score import factor_vae_score
+    from metrics.mig import mig
+    from metrics.modularity import modularity
+    from metrics.sap import sap
     if name in ('infomec', 'infomec_paper'):
         # The paper protocol reads the latents' dtype (one-hot for integer codes, standardized for
         # floats), so the latents go in exactly as the model's encode returned them.
@@ -202,6 +237,7 @@ def mosaic(grid):
 
 def plot_summary(title, results, factor_names, traversals, reconstructions, path):
     """One page: NMI heatmap, bar chart of every headline score, traversals, reconstructions."""
+    plt = pyplot()
     fig = plt.figure(figsize=(14, 10))
     grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.4))
     ax = fig.add_subplot(grid[0, 0])
@@ -257,14 +293,14 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
 
     test_samples: size of the test split (default half of the config's eval_samples).
     votes: FactorVAE/BetaVAE training votes (default the config's eval_samples; 10,000)."""
-    config, model, model_config, dataset, state = load_run(workdir)
-    indices, sources = train.evaluation_set(config, dataset)
-    latents = train.encode_all(model, model_config, state, dataset, indices)
+    config, model, model_config, dataset, state = rundir.load_run(workdir)
+    indices, sources = evaluation_set(config, dataset)
+    latents = encode_all(model, model_config, state, dataset, indices)
     test_samples = max(1, config.eval_samples // 2) if test_samples is None else test_samples
     votes = config.eval_samples if votes is None else votes
     needs_test = any(m in metrics for m in ('dci', 'sap', 'modularity'))
-    test_indices, test_sources = train.evaluation_set(config, dataset, test_samples, split=1)
-    test_latents = (train.encode_all(model, model_config, state, dataset, test_indices) if needs_test
+    test_indices, test_sources = evaluation_set(config, dataset, test_samples, split=1)
+    test_latents = (encode_all(model, model_config, state, dataset, test_indices) if needs_test
                     else latents[:0])
     results, seconds = compute_metrics(metrics, model, model_config, state, dataset, (sources, latents),
                                        (test_sources, test_latents), votes, config.eval_seed, n_jobs)
@@ -282,9 +318,9 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
         'eval_seed': config.eval_seed, 'discrete_latents': bool(model.DISCRETE),
         'metrics': {name: {k: to_json(v) for k, v in result.items()} for name, result in results.items()},
         'metric_seconds': seconds, 'factor_names': list(dataset.factor_names),
-        'config': train.config_to_json(config), **train.run_info(),
+        'config': rundir.config_to_json(config), **rundir.run_info(),
     }
-    train.write_json(os.path.join(workdir, 'eval.json'), report)
+    rundir.write_json(os.path.join(workdir, 'eval.json'), report)
 
     if 'infomec' in results:
         plot_nmi(results['infomec'], dataset.factor_names, os.path.join(workdir, 'nmi.png'))
@@ -309,11 +345,11 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
 
 def main(argv):
     if len(argv) > 1:
-        raise train.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+        raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
     if not FLAGS.workdir:
-        raise train.UserError('--workdir is required (the folder train.py wrote, e.g. runs/qlae_toyshapes_seed0)')
+        raise UserError('--workdir is required (the folder train.py wrote, e.g. runs/qlae_toyshapes_seed0)')
     if FLAGS.votes is not None and FLAGS.votes < 1:
-        raise train.UserError(f'--votes must be >= 1; got {FLAGS.votes}')
+        raise UserError(f'--votes must be >= 1; got {FLAGS.votes}')
     evaluate_run(FLAGS.workdir, parse_metrics(FLAGS.metrics), votes=FLAGS.votes)
 
 
@@ -325,4 +361,4 @@ def define_flags(argv):
 
 
 if __name__ == '__main__':
-    train.run_main(main, define_flags)
+    cli.run(main, define_flags)

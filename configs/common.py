@@ -83,7 +83,7 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
     # True: batches sampled and rendered (procedural data) or gathered (the whole uint8 set, put on
     # the device once) inside the compiled step. False: the host reads them.
     config.data_on_device = True
-    # CPU only: virtual devices the batch is split over; 0: one per core (train.split_cpu).
+    # CPU only: virtual devices the batch is split over; 0: one per core (engine.split_cpu).
     config.cpu_devices = 0
     config.num_seeds = 1                # >1: seeds seed..seed+num_seeds-1 in one compiled step, DIR/seed_<s>
     config.distributed = False          # call jax.distributed.initialize() (multi-host data parallelism)

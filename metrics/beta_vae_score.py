@@ -4,7 +4,7 @@ One point: pick a random factor k; draw two batches of `batch_size` images whose
 factor k (all other factors uniform); the feature is the mean over the batch of |z1 - z2|, the
 label is k. A logistic regression (disentanglement_lib's `LogisticRegression()`; by default the
 one-vs-rest liblinear model those defaults meant when it ran, see
-metrics._common.default_logistic_regression) is fitted on training points; the score is its
+metrics.common.default_logistic_regression) is fitted on training points; the score is its
 accuracy on separate evaluation points. numpy and scikit-learn only; images come from
 `dataset.images_for_factors` and latents from `encode`.
 Deviations from disentanglement_lib: training points that all carry one label give a constant
@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from metrics._common import (LOGISTIC_SOLVERS, check_choice, check_encoding_args, default_logistic_regression,
+from metrics.common import (LOGISTIC_SOLVERS, check_choice, check_encoding_args, default_logistic_regression,
                              encode_factors, sample_factors)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import Lasso
 
-from metrics._common import check_choice, check_split, label_encode, parallel_map
+from metrics.common import check_choice, check_split, label_encode, parallel_map
 
 IMPORTANCE_ESTIMATORS = ('gbt', 'random_forest', 'lasso')
 

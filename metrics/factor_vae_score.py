@@ -13,7 +13,7 @@ RandomState stream, so the same seed draws other (equally distributed) batches.
 """
 import numpy as np
 
-from metrics._common import check_encoding_args, encode_factors, sample_factors
+from metrics.common import check_encoding_args, encode_factors, sample_factors
 
 
 def _votes(latents, fixed, global_variance, active, num_sources):

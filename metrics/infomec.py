@@ -58,7 +58,7 @@ from sklearn.metrics import log_loss, r2_score
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from metrics._common import (check_choice, check_num_bins, check_pair, entropy_from_codes, histogram_discretize,
+from metrics.common import (check_choice, check_num_bins, check_pair, entropy_from_codes, histogram_discretize,
                              label_encode, parallel_map, plugin_mutual_info)
 
 PROTOCOLS = ('standalone', 'paper')

@@ -2,11 +2,11 @@
 
 Per source: (largest - second largest) mutual information with any latent, divided by the
 source's entropy; MIG is the mean over sources. Latents are discretized into equal-width
-histogram bins, MI is the plug-in estimate in nats. numpy only (via metrics._common).
+histogram bins, MI is the plug-in estimate in nats. numpy only (via metrics.common).
 """
 import numpy as np
 
-from metrics._common import check_num_bins, check_pair, discretized_mutual_info
+from metrics.common import check_num_bins, check_pair, discretized_mutual_info
 
 
 def mig(sources, latents, *, num_bins=20):

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 
-from metrics._common import (LOGISTIC_SOLVERS, check_choice, check_num_bins, check_split, default_logistic_regression,
+from metrics.common import (LOGISTIC_SOLVERS, check_choice, check_num_bins, check_split, default_logistic_regression,
                              discretized_mutual_info, label_encode, parallel_map)
 
 
@@ -56,7 +56,7 @@ def modularity(sources, latents, *, test, num_bins=20, solver='liblinear', n_job
 
     sources (N, K), latents (N, d): the training pair; test: the held-out pair (test_sources, test_latents).
     solver: the classifier disentanglement_lib's `LogisticRegression()` meant when it ran
-    ('liblinear', one-vs-rest) or means today ('lbfgs'); see metrics._common.default_logistic_regression.
+    ('liblinear', one-vs-rest) or means today ('lbfgs'); see metrics.common.default_logistic_regression.
 
     Returns {'modularity', 'explicitness_train', 'explicitness_test', 'mutual_info' (d, K), 'num_bins',
     'solver'}. Sources with a single value are skipped by explicitness (0.5, chance AUC, if none is

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from metrics._common import check_split, parallel_map
+from metrics.common import check_split, parallel_map
 
 
 def _svc_accuracies(train_latents, train_source, test_latents, test_source, seed):

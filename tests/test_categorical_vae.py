@@ -207,7 +207,7 @@ def test_train_and_eval_on_toyshapes_tiny(tiny, tmp_path):
     state = train.train(tiny_config(), workdir)
     assert int(state['step']) == 20
     # Expected grid values: inside [-1, 1], and not on the grid (encode_all's batch of 500 is compiled already).
-    latents = train.encode_all(categorical_vae, config, state, dataset, np.arange(50))
+    latents = evaluation.encode_all(categorical_vae, config, state, dataset, np.arange(50))
     assert latents.shape == (50, config.num_latents) and np.abs(latents).max() <= 1
     assert not np.isin(latents, np.linspace(-1, 1, config.num_categories)).all()
     records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]

@@ -35,7 +35,7 @@ def big_images(n, seed):
     return rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8)
 
 
-def halve(images):  # the reference for data._halve: float mean of 2x2 blocks, rounded half up
+def halve(images):  # the reference for data.halve_resolution: float mean of 2x2 blocks, rounded half up
     blocks = images.reshape(*images.shape[:-3], 64, 2, 64, 2, 3).astype(np.float64)
     return np.floor(blocks.mean((-4, -2)) + 0.5).astype(np.uint8)
 
@@ -46,7 +46,7 @@ def write_published(name, folder, sizes, seed=0):
     n = math.prod(sizes)
     if name.startswith('mpi3d'):
         images = np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-        np.savez(os.path.join(folder, data._MPI3D_FILES[name.split('_')[1]]), images=images)
+        np.savez(os.path.join(folder, data.MPI3D_FILES[name.split('_')[1]]), images=images)
         return images
     if name == 'cars3d':
         import scipy.io
@@ -120,12 +120,12 @@ def test_builder_end_to_end(name, tmp_path, qlae_step, no_network):
 
 def test_halve_is_the_2x2_mean_rounded():
     images = big_images(3, seed=5)
-    np.testing.assert_array_equal(data._halve(images), halve(images))
+    np.testing.assert_array_equal(data.halve_resolution(images), halve(images))
     flat = np.full((1, 4, 4, 3), 7, np.uint8)
     flat[0, 0, 0] = 8  # 2x2 mean 7.25 -> 7; [0, 0, 1] below makes 7.5 -> 8
-    assert data._halve(flat)[0, 0, 0, 0] == 7
+    assert data.halve_resolution(flat)[0, 0, 0, 0] == 7
     flat[0, 0, 1] = 8
-    assert data._halve(flat)[0, 0, 0, 0] == 8
+    assert data.halve_resolution(flat)[0, 0, 0, 0] == 8
 
 
 def corrupt_npz(path):
@@ -326,7 +326,7 @@ def test_color_dsprites_deterministic_colours_in_range(tmp_path, no_network):
     np.testing.assert_array_equal(color.factors(idx), grey.factors(idx))
     np.testing.assert_array_equal(color.images(color.index(rows)), c[color.index(rows)])
     # Over many indices the colours cover [0.5, 1) evenly per channel.
-    many = data._colours(np.arange(30000))
+    many = data.colours_for_index(np.arange(30000))
     assert many.min() >= 0.5 and many.max() < 1.0
     assert np.all(np.abs(many.mean(0) - 0.75) < 0.005) and abs(np.corrcoef(many.T)[0, 1]) < 0.03
 

@@ -16,14 +16,17 @@ import ml_collections
 import numpy as np
 import pytest
 
+import eval as evaluation
+import rundir
 import train
+from cli import Diverged, UserError
 from configs import qlae as qlae_config
 from tests.conftest import ROOT
 
 # Short and fine-grained: a log line every step (the kill points), a checkpoint every 3 steps.
 SCHEDULE = {'num_steps': 12, 'checkpoint_every': 3, 'log_every': 1, 'eval_every': 12, 'eval_samples': 100}
 # cpu_devices=1: the train.py subprocesses must compute bit for bit what train.train() computes in this
-# (one-device) process; splitting the CPU is tested in test_speed.py.
+# (one-device) process; splitting the CPU is tested in test_engine.py.
 CONFIG_ARGS = (['--config=configs/qlae.py:toyshapes,tiny', '--config.cpu_devices=1']
                + [f'--config.{k}={v}' for k, v in SCHEDULE.items()])
 
@@ -39,7 +42,7 @@ def run_script(args, env=None, signal_after=None, sig=signal.SIGKILL):
 
     Returns (exit status, stdout + stderr).
     """
-    environ = {k: v for k, v in os.environ.items() if k != train.KILL_IN_CHECKPOINT_ENV}
+    environ = {k: v for k, v in os.environ.items() if k != rundir.KILL_IN_CHECKPOINT_ENV}
     proc = subprocess.Popen([sys.executable, '-u', *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**environ, **(env or {})})
     seen = []
@@ -81,23 +84,23 @@ def test_sigkill_at_any_moment_then_restart_ends_bit_identical(reference, tmp_pa
     ref_workdir, ref_state = reference
     args = ['train.py', *CONFIG_ARGS, f'--workdir={tmp_path}']
     # 1. Killed while writing the checkpoint of step 6: the temporary file is complete, not renamed.
-    status, out = run_script(args, env={train.KILL_IN_CHECKPOINT_ENV: '6'})
+    status, out = run_script(args, env={rundir.KILL_IN_CHECKPOINT_ENV: '6'})
     assert status == -signal.SIGKILL, out
-    assert train.list_checkpoints(tmp_path) == [3]
+    assert rundir.list_checkpoints(tmp_path) == [3]
     assert os.path.exists(tmp_path / 'checkpoints' / 'ckpt_000000006.npz.tmp')
     # 2. Restarted, then killed between two checkpoints.
     status, out = run_script(args, signal_after='step 8/')
     assert status == -signal.SIGKILL, out
     assert 'resumed from step 3' in out and 'ckpt_000000006.npz.tmp' in out  # the stale file is reported ...
     assert not os.path.exists(tmp_path / 'checkpoints' / 'ckpt_000000006.npz.tmp')  # ... and removed
-    assert 6 in train.list_checkpoints(tmp_path)
+    assert 6 in rundir.list_checkpoints(tmp_path)
     with open(tmp_path / 'metrics.jsonl', 'a') as f:  # as if the kill had cut a log line in half
         f.write('{"step": 9, "train/lo')
     # 3. Restarted with the same command: it finishes where the uninterrupted run did.
     status, out = run_script(args)
     assert status == 0, out
     assert 'resumed from step' in out and 'done:' in out
-    assert_same_arrays(train.restore_latest(str(tmp_path), ref_state, 'qlae'), ref_state)
+    assert_same_arrays(rundir.restore_latest(str(tmp_path), ref_state, 'qlae'), ref_state)
     assert read_metrics(tmp_path) == read_metrics(ref_workdir)  # same values, no duplicate, no partial line
     info = json.load(open(tmp_path / 'run_info.json'))
     assert len(info['git_commit']) == 40 and info['versions']['jax'] == jax.__version__
@@ -113,7 +116,7 @@ def test_sigterm_checkpoints_the_current_step_and_prints_the_resume_command(refe
     stop_line = [line for line in out.splitlines() if line.startswith('stopped by SIGTERM at step')]
     assert len(stop_line) == 1 and 'Traceback' not in out, out
     stopped_at = int(stop_line[0].split('at step ')[1].split(',')[0])
-    assert 4 < stopped_at < 12 and train.list_checkpoints(tmp_path)[-1] == stopped_at
+    assert 4 < stopped_at < 12 and rundir.list_checkpoints(tmp_path)[-1] == stopped_at
     assert shlex.split(stop_line[0].split('resume with: ')[1]) == ['python', *args]
     # Resuming from that (off-schedule) step continues the same trajectory.
     assert_same_arrays(train.train(short_config(), str(tmp_path)), ref_state)
@@ -140,8 +143,8 @@ def test_only_corrupt_checkpoints_is_an_error_not_a_fresh_start(reference, tmp_p
     os.makedirs(tmp_path / 'checkpoints')
     for step in (3, 6):
         (tmp_path / 'checkpoints' / f'ckpt_{step:09d}.npz').write_bytes(b'not a checkpoint')
-    with pytest.raises(train.UserError, match=r'ckpt_000000003.npz is corrupt .* no older checkpoint loads'):
-        train.restore_latest(str(tmp_path), ref_state, 'qlae')
+    with pytest.raises(UserError, match=r'ckpt_000000003.npz is corrupt .* no older checkpoint loads'):
+        rundir.restore_latest(str(tmp_path), ref_state, 'qlae')
 
 
 def test_truncate_metrics_keeps_lines_up_to_the_checkpoint_and_drops_a_partial_one(tmp_path):
@@ -149,11 +152,11 @@ def test_truncate_metrics_keeps_lines_up_to_the_checkpoint_and_drops_a_partial_o
     with open(path, 'w') as f:
         f.write('{"step": 0, "eval/infom": 0.1}\n{"step": 3, "train/loss": 0.7}\n{"step": 3, "eval/infom": 0.2}\n'
                 '{"step": 4, "train/loss": 0.6}\n{"step": 5, "train/lo')
-    train.truncate_metrics(path, 3)
+    rundir.truncate_metrics(path, 3)
     assert [json.loads(line)['step'] for line in open(path)] == [0, 3, 3]
     with open(path, 'w') as f:  # cut right after a complete record, before its newline
         f.write('{"step": 0, "eval/infom": 0.1}\n{"step": 3, "train/loss": 0.7}')
-    train.truncate_metrics(path, 3)
+    rundir.truncate_metrics(path, 3)
     with open(path, 'a') as f:
         f.write('{"step": 4, "train/loss": 0.6}\n')
     assert [json.loads(line)['step'] for line in open(path)] == [0, 3, 4]
@@ -173,19 +176,19 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(refer
     assert len(error) == 1 and 'Traceback' not in out, out
     assert error[0].startswith('error: training diverged at step 2: loss terms bce nan'), error[0]
     assert 'last good checkpoint: step 1, left untouched' in error[0]
-    assert train.list_checkpoints(tmp_path) == [1]
-    state = train.restore_latest(str(tmp_path), ref_state, 'qlae')
-    assert int(state['step']) == 1 and not train._nonfinite(train._leaves_with_names(state)[0])
+    assert rundir.list_checkpoints(tmp_path) == [1]
+    state = rundir.restore_latest(str(tmp_path), ref_state, 'qlae')
+    assert int(state['step']) == 1 and not rundir.nonfinite_leaves(state)
 
 
 def test_a_nonfinite_state_is_never_saved(reference, tmp_path):
     _, ref_state = reference
     poisoned = jax.tree.map(np.array, ref_state)
     poisoned['params']['codebook'][0, 0] = np.inf
-    with pytest.raises(train.Diverged, match=r"step 12: \['params'\]\['codebook'\]"):
-        train.save_checkpoint(str(tmp_path), poisoned, 'qlae')
+    with pytest.raises(Diverged, match=r"step 12: \['params'\]\['codebook'\]"):
+        rundir.save_checkpoint(str(tmp_path), poisoned, 'qlae')
     assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
-    with pytest.raises(train.Diverged, match=r"step 12: loss terms loss 0.5; 1 non-finite arrays in the state, "
+    with pytest.raises(Diverged, match=r"step 12: loss terms loss 0.5; 1 non-finite arrays in the state, "
                                              r"e.g. \['params'\]\['codebook'\]; no checkpoint was saved"):
         train.guard_finite(12, {'loss': np.float32(0.5)}, poisoned, str(tmp_path))
 
@@ -207,7 +210,7 @@ def test_a_nonfinite_state_is_never_saved(reference, tmp_path):
 ])
 def test_bad_config_argument_is_one_error(argv, message, monkeypatch):
     monkeypatch.chdir(ROOT)
-    with pytest.raises(train.UserError) as error:
+    with pytest.raises(UserError) as error:
         train.check_command_line(['train.py', *argv])
     assert str(error.value).startswith(message) and '\n' not in str(error.value)
 
@@ -234,7 +237,7 @@ def test_bad_config_argument_is_one_error(argv, message, monkeypatch):
     ({'model_name': 'nomodel'}, "unknown model_name 'nomodel': no file models/nomodel.py"),
 ])
 def test_bad_config_value_is_one_error_before_anything_runs(overrides, message, tmp_path):
-    values = train.config_to_json(short_config())  # edited as JSON: any type, as in a hand-edited config.json
+    values = rundir.config_to_json(short_config())  # edited as JSON: any type, as in a hand-edited config.json
     for key, value in overrides.items():
         *parents, name = key.split('.')
         node = values
@@ -242,7 +245,7 @@ def test_bad_config_value_is_one_error_before_anything_runs(overrides, message, 
             node = node[parent]
         node[name] = value
     config = ml_collections.ConfigDict(values)
-    with pytest.raises(train.UserError) as error:
+    with pytest.raises(UserError) as error:
         train.train(config, str(tmp_path / 'run'))
     assert message in str(error.value) and '\n' not in str(error.value)
     assert not os.path.exists(tmp_path / 'run')  # failed before writing anything
@@ -250,61 +253,60 @@ def test_bad_config_value_is_one_error_before_anything_runs(overrides, message, 
 
 def test_missing_or_corrupt_dataset_files_are_one_error(tmp_path):
     config = short_config(dataset='shapes3d', data_dir=str(tmp_path))
-    with pytest.raises(train.UserError, match=r"dataset 'shapes3d' is not prepared in .*python data.py prepare"):
+    with pytest.raises(UserError, match=r"dataset 'shapes3d' is not prepared in .*python data.py prepare"):
         train.train(config, str(tmp_path / 'run'))
     prepared = tmp_path / 'shapes3d' / '2.0.0'
     os.makedirs(prepared)
     (prepared / 'dataset_info.json').write_text('{ truncated')
     (prepared / 'shapes3d-train.array_record-00000-of-00001').write_bytes(b'\x00' * 64)
-    with pytest.raises(train.UserError, match=r'cannot read prepared shapes3d in .*2.0.0') as error:
+    with pytest.raises(UserError, match=r'cannot read prepared shapes3d in .*2.0.0') as error:
         train.train(config, str(tmp_path / 'run'))
     assert '\n' not in str(error.value)
 
 
 def test_workdir_of_another_run_is_refused_unless_overwrite(tmp_path, capsys):
-    train.write_json(str(tmp_path / 'config.json'), train.config_to_json(short_config()))
+    rundir.write_json(str(tmp_path / 'config.json'), rundir.config_to_json(short_config()))
     other = short_config(seed=1)
     other.model.num_values = 5
-    with pytest.raises(train.UserError, match=r'holds a run with a different config \(fields: model, seed\); '
+    with pytest.raises(UserError, match=r'holds a run with a different config \(fields: model, seed\); '
                                               'use another --workdir, or --overwrite'):
-        train.check_workdir(str(tmp_path), other, overwrite=False)
-    train.check_workdir(str(tmp_path), short_config(num_steps=50, log_every=7), overwrite=False)  # allowed
+        rundir.check_workdir(str(tmp_path), other, overwrite=False)
+    rundir.check_workdir(str(tmp_path), short_config(num_steps=50, log_every=7), overwrite=False)  # allowed
     assert 'note: log_every changed from 1 to 7' in capsys.readouterr().out
-    train.check_workdir(str(tmp_path), short_config(seed=1), overwrite=True)
+    rundir.check_workdir(str(tmp_path), short_config(seed=1), overwrite=True)
     assert not os.path.exists(tmp_path / 'config.json')
     (tmp_path / 'config.json').write_text('{"model_name": "qla')  # not written by train.py (its writes are atomic)
-    with pytest.raises(train.UserError, match='cannot read the run config .*config.json'):
-        train.check_workdir(str(tmp_path), short_config(), overwrite=False)
+    with pytest.raises(UserError, match='cannot read the run config .*config.json'):
+        rundir.check_workdir(str(tmp_path), short_config(), overwrite=False)
 
 
 def test_a_second_train_in_the_same_workdir_is_refused(tmp_path):
-    with train.workdir_lock(str(tmp_path)):
-        with pytest.raises(train.UserError, match='another train.py is running in workdir'):
+    with rundir.lock(str(tmp_path)):
+        with pytest.raises(UserError, match='another train.py is running in workdir'):
             train.train(short_config(), str(tmp_path))
 
 
 def test_checkpoint_of_another_version_is_an_error_not_a_fallback(reference, tmp_path, monkeypatch):
     _, ref_state = reference
-    monkeypatch.setattr(train, 'CHECKPOINT_VERSION', 0)
-    train.save_checkpoint(str(tmp_path), ref_state, 'qlae')
+    monkeypatch.setattr(rundir, 'CHECKPOINT_VERSION', 0)
+    rundir.save_checkpoint(str(tmp_path), ref_state, 'qlae')
     monkeypatch.undo()
-    with pytest.raises(train.UserError, match='has format version 0; this code reads version 1'):
-        train.restore_latest(str(tmp_path), ref_state, 'qlae')
+    with pytest.raises(UserError, match='has format version 0; this code reads version 1'):
+        rundir.restore_latest(str(tmp_path), ref_state, 'qlae')
 
 
 def test_eval_without_checkpoint_or_with_bad_metric_inputs_is_one_error(tmp_path):
-    import eval as evaluation
-    train.write_json(str(tmp_path / 'config.json'), train.config_to_json(short_config()))
-    with pytest.raises(train.UserError, match=r'no checkpoint in .*/checkpoints: the run has not saved one yet'):
-        evaluation.load_run(str(tmp_path))
+    rundir.write_json(str(tmp_path / 'config.json'), rundir.config_to_json(short_config()))
+    with pytest.raises(UserError, match=r'no checkpoint in .*/checkpoints: the run has not saved one yet'):
+        rundir.load_run(str(tmp_path))
     sources, model = np.zeros((10, 2), np.int64), types.SimpleNamespace(DISCRETE=False)
 
     def score(latents):  # InfoMEC alone needs no encoder or dataset
         return evaluation.compute_metrics(('infomec',), model, None, None, None, (sources, latents), (sources, latents),
                                           votes=1, seed=0, n_jobs=1)
-    with pytest.raises(train.UserError, match=r'cannot compute infomec: sources and latents must have the same'):
+    with pytest.raises(UserError, match=r'cannot compute infomec: sources and latents must have the same'):
         score(np.zeros((9, 3)))
-    with pytest.raises(train.UserError, match='cannot compute infomec: latents contain NaN'):
+    with pytest.raises(UserError, match='cannot compute infomec: latents contain NaN'):
         score(np.full((10, 3), np.nan))
 
 

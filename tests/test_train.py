@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+import rundir
 import train
+from cli import UserError
 from configs import qlae as qlae_config
 from tests.conftest import ROOT
 
@@ -30,7 +32,7 @@ def finished_run(tmp_path_factory):
 def test_run_writes_metrics_config_and_keeps_two_checkpoints(finished_run):
     workdir, state = finished_run
     assert int(state['step']) == 20
-    assert train.list_checkpoints(workdir) == [10, 20]
+    assert rundir.list_checkpoints(workdir) == [10, 20]
     records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
     assert [r['step'] for r in records if 'eval/infom' in r] == [0, 10, 20]
     assert all(np.isfinite(r['train/loss']) for r in records if 'train/loss' in r)
@@ -53,15 +55,15 @@ def test_stopped_and_restarted_run_matches_uninterrupted_one(finished_run, tmp_p
 
 def test_checkpoint_roundtrip_detects_corruption(finished_run, tmp_path):
     workdir, state = finished_run
-    path = train.save_checkpoint(str(tmp_path), state, 'qlae')
-    restored = train.load_checkpoint(path, state, 'qlae')
+    path = rundir.save_checkpoint(str(tmp_path), state, 'qlae')
+    restored = rundir.load_checkpoint(path, state, 'qlae')
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(a, b)
     with open(path, 'r+b') as f:
         f.seek(os.path.getsize(path) // 2)
         f.write(b'\x00garbage\x00' * 8)
-    with pytest.raises(train.UserError, match='corrupt|checksum'):
-        train.load_checkpoint(path, state, 'qlae')
+    with pytest.raises(UserError, match='corrupt|checksum'):
+        rundir.load_checkpoint(path, state, 'qlae')
 
 
 def test_eval_writes_json_and_figures(finished_run):

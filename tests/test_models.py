@@ -1,5 +1,6 @@
-"""AE, beta-VAE, beta-TCVAE, BioAE and VQ-VAE: delicate pieces against slow references, the loss
-falling, train.py + eval.py on each, and each file working when copied alone."""
+"""The five models without a test file of their own (AE, beta-VAE, beta-TCVAE, BioAE, VQ-VAE):
+delicate pieces against slow references, the loss falling, train.py + eval.py on each, and each
+file working when copied alone."""
 import importlib
 import json
 import math
@@ -14,7 +15,6 @@ import pytest
 
 import data
 import train
-from configs import tcvae as tcvae_config
 from models import tcvae, vae, vqvae
 from tests.conftest import ROOT, run_with_model_files_alone
 
@@ -116,32 +116,6 @@ def test_vq_straight_through_and_codebook_gradients():
 
 
 # ================================================================================================
-# Configs
-# ================================================================================================
-
-def test_tcvae_config_knows_the_size_of_every_dataset():
-    for name, info in data.DATASETS.items():
-        assert tcvae_config.get_config(name).model.dataset_size == info.num_examples
-        if info.procedural:  # real datasets need their files; the procedural ones can be counted
-            assert data.load(name).num_examples == info.num_examples
-
-
-@pytest.mark.parametrize('name, field, shapes3d_value, default', [
-    ('vae', 'beta', 3.0, 1.0), ('tcvae', 'beta', 3.0, 1.0), ('bioae', 'activity_weight', 0.01, 0.1)])
-def test_per_dataset_settings_reach_the_model_config(name, field, shapes3d_value, default):
-    config_module = importlib.import_module(f'configs.{name}')
-    assert config_module.get_config('shapes3d').model[field] == shapes3d_value
-    assert config_module.get_config('toyshapes').model[field] == default
-
-
-def test_discrete_traversals_use_existing_codes_only():
-    import eval as evaluation
-    codes = np.repeat(np.arange(100, 130), np.arange(1, 31))[:, None]  # code 129 most frequent
-    (values,) = evaluation.traversal_values(codes, discrete=True)
-    np.testing.assert_array_equal(values, np.arange(110, 130))  # the 20 most frequent, in order
-
-
-# ================================================================================================
 # Each model trains: loss falls, train.py and eval.py run it without model-specific code
 # ================================================================================================
 
@@ -191,7 +165,7 @@ def test_train_and_eval_run_each_model(tiny_model, toyshapes, tmp_path):
     assert report['model_name'] == name and all(0 <= scores[k] <= 1 for k in ('infom', 'infoc'))
     assert os.path.getsize(tmp_path / 'traversals.png') > 0
     # The same compiled encode and decode as the evaluation: integer codes only from the VQ-VAE.
-    latents = train.encode_all(model, model_config, state, toyshapes, np.arange(8))
+    latents = evaluation.encode_all(model, model_config, state, toyshapes, np.arange(8))
     assert latents.shape == (8, model_config.num_latents)
     assert np.issubdtype(latents.dtype, np.integer) == (name == 'vqvae')
     assert np.asarray(model.decode(model_config, state, latents)).shape == (8,) + toyshapes.image_shape

@@ -1,5 +1,6 @@
-"""Speed modes of train.py give the results of the plain loop: fused steps, device-resident data,
-vmapped seeds, 8 devices, and resume with several seeds and several steps per call.
+"""The execution engine (engine.py) and train.build_step give the results of the plain loop: fused
+steps, device-resident data, vmapped seeds, 8 devices, and resume with several seeds and several
+steps per call.
 
 Compiles are the cost here: one two-seed compiled call (K steps, device data) serves the in-process
 tests, the reference is the model's own train_step, and the 8-device subprocess runs one call per mode."""
@@ -15,7 +16,10 @@ import numpy as np
 import pytest
 
 import data
+import engine
+import rundir
 import train
+from cli import Diverged
 from configs import qlae as qlae_config
 from tests.conftest import ROOT
 
@@ -31,16 +35,24 @@ def tiny_config(**overrides):
     return config
 
 
-def train_calls(config, num_calls):
-    """num_calls compiled calls of K steps from the initial state, without files: one numpy state per seed."""
-    model, model_config = train.load_model(config)
-    dataset = train.load_dataset(config)
-    init_keys, _, _ = train.seed_keys(config)
-    state, advance = train.make_trainer(model, model_config, dataset, config,
-                                        [model.init(key, model_config, dataset.image_shape) for key in init_keys])
+def train_calls(config, num_calls, mesh=None):
+    """num_calls compiled calls of K steps from the initial state, without files, as train.train makes
+    them: one numpy state per seed."""
+    model, model_config = rundir.load_model(config)
+    dataset = rundir.load_dataset(config)
+    init_keys, train_keys, data_keys = engine.seed_keys(config)
+    mesh = mesh or engine.data_mesh()
+    state = engine.place_state([model.init(key, model_config, dataset.image_shape) for key in init_keys], mesh)
+    keys = engine.replicate((train_keys, data_keys), mesh)
+    table = engine.device_table(dataset, mesh) if config.data_on_device else None
+    run = train.build_step(model, model_config, dataset, config.batch_size, config.steps_per_call,
+                           config.num_seeds, config.data_on_device, mesh)
     for call in range(num_calls):
-        state, _ = advance(state, call * K, K)
-    return train.unstack_to_host(state, config.num_seeds)
+        first = call * config.steps_per_call
+        batches = table if config.data_on_device else engine.host_batches(
+            dataset, data_keys, first, config.steps_per_call, config.batch_size, mesh)
+        state, _ = run(state, *keys, np.int32(first), batches)
+    return engine.unstack_to_host(state, config.num_seeds)
 
 
 def assert_trees_close(a, b, atol):
@@ -51,11 +63,11 @@ def assert_trees_close(a, b, atol):
 EIGHT_DEVICES = '''
 import sys
 import numpy as np, jax
-from tests import test_speed
+from tests import test_engine
 assert jax.device_count() == 8, jax.device_count()
 # One call of K steps in both data modes: device-resident (batch sampled in the step) and host-fed
 # (batch split over devices).
-states = [test_speed.train_calls(test_speed.tiny_config(data_on_device=mode), 1)[0] for mode in (True, False)]
+states = [test_engine.train_calls(test_engine.tiny_config(data_on_device=mode), 1)[0] for mode in (True, False)]
 np.savez(sys.argv[1], *[np.asarray(x) for state in states for x in jax.tree.leaves(state)])
 '''
 
@@ -77,11 +89,11 @@ def reference():
     """The plain loop: the model's own train_step, one call per step, batches read on the host.
     {seed: [state after step K, state after step 2K]}, as numpy."""
     config = tiny_config(num_seeds=2)
-    model, model_config = train.load_model(config)
-    dataset = train.load_dataset(config)
-    init_keys, train_keys, data_keys = train.seed_keys(config)
+    model, model_config = rundir.load_model(config)
+    dataset = rundir.load_dataset(config)
+    init_keys, train_keys, data_keys = engine.seed_keys(config)
     steps = np.arange(2 * K)
-    indices = np.asarray(train.indices_for_steps(data_keys, steps, config.batch_size, dataset.num_examples))
+    indices = np.asarray(engine.indices_for_steps(data_keys, steps, config.batch_size, dataset.num_examples))
     out = {}
     for seed in range(2):
         state, out[seed] = model.init(init_keys[seed], model_config, dataset.image_shape), []
@@ -127,13 +139,12 @@ def convolutions_inside_loops(hlo_text):
 
 def compiled_two_seed_call(unroll):
     config = tiny_config(num_seeds=2)
-    model, model_config = train.load_model(config)
-    dataset = train.load_dataset(config)
-    init_keys, train_keys, data_keys = train.seed_keys(config)
-    mesh = train.data_mesh()
-    run = train.compiled_steps(model, model_config, dataset.name, dataset.factor_sizes, dataset.num_examples,
-                               config.batch_size, K, 2, True, mesh, unroll=unroll)
-    state = train.place_state([model.init(k, model_config, dataset.image_shape) for k in init_keys], mesh)
+    model, model_config = rundir.load_model(config)
+    dataset = rundir.load_dataset(config)
+    init_keys, train_keys, data_keys = engine.seed_keys(config)
+    mesh = engine.data_mesh()
+    run = train.build_step(model, model_config, dataset, config.batch_size, K, 2, True, mesh, unroll=unroll)
+    state = engine.place_state([model.init(k, model_config, dataset.image_shape) for k in init_keys], mesh)
     return run.lower(state, train_keys, data_keys, jnp.int32(0), None).compile(), state, train_keys, data_keys
 
 
@@ -144,7 +155,7 @@ def test_accelerator_form_while_loop_and_vmap_equals_plain_loop(reference):
     assert convolutions_inside_loops(compiled.as_text()) > 0  # the scan's while loop holds the steps
     for call in range(2):
         state, _ = compiled(state, train_keys, data_keys, jnp.int32(call * K), None)
-    for seed, host in enumerate(train.unstack_to_host(state, 2)):
+    for seed, host in enumerate(engine.unstack_to_host(state, 2)):
         assert_trees_close(host, reference[seed][1], atol=1e-5)
 
 
@@ -156,14 +167,13 @@ def test_cpu_form_has_no_convolution_inside_a_loop():
     assert convolutions_inside_loops(compiled.as_text()) == 0
 
 
-def test_speed_fields_choose_the_compiled_call():
-    """With every speed field off a run calls the model's own jitted step, one call per step (the
-    research code's loop); the defaults, or any one speed field, take the compiled call."""
-    plain = {'steps_per_call': 1, 'data_on_device': False}
-    assert not train.uses_compiled_path(tiny_config(**plain))
-    assert train.uses_compiled_path(qlae_config.get_config('toyshapes,tiny'))
-    for field, value in (('num_seeds', 2), ('steps_per_call', 2), ('data_on_device', True)):
-        assert train.uses_compiled_path(tiny_config(**{**plain, field: value}))
+def test_plain_setting_of_the_one_builder_is_the_research_loop(reference):
+    """With every speed field off (one step per call, host-fed data, one seed, one device) the run
+    makes the same compiled call as any other, and it computes the model's own train_step loop."""
+    config = tiny_config(steps_per_call=1, data_on_device=False)
+    (plain,) = train_calls(config, 2 * K, mesh=engine.data_mesh(jax.devices()[:1]))
+    assert int(plain['step']) == 2 * K
+    assert_trees_close(plain, reference[0][1], atol=1e-6)
 
 
 @pytest.mark.parametrize('cpu_devices, batch_size, cores, expected', [
@@ -172,21 +182,21 @@ def test_cpu_device_count(cpu_devices, batch_size, cores, expected, monkeypatch)
     """0 splits the CPU into one device per core, as many as divide the batch; 1 leaves JAX's default."""
     monkeypatch.delenv('XLA_FLAGS', raising=False)
     config = tiny_config(cpu_devices=cpu_devices, batch_size=batch_size)
-    assert train.cpu_device_count(config, cores) == expected
+    assert engine.cpu_device_count(config, cores) == expected
     monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-    assert train.cpu_device_count(config, cores) is None  # the user's XLA_FLAGS count wins
+    assert engine.cpu_device_count(config, cores) is None  # the user's XLA_FLAGS count wins
 
 
 def test_device_batches_equal_host_batches():
-    data_keys = train.seed_keys(tiny_config(num_seeds=2))[2]
+    data_keys = engine.seed_keys(tiny_config(num_seeds=2))[2]
     for name in ('toyshapes', 'toysprites'):
         dataset = data.load(name)
-        indices = np.asarray(train.indices_for_steps(data_keys, np.arange(2), 16, dataset.num_examples))
+        indices = np.asarray(engine.indices_for_steps(data_keys, np.arange(2), 16, dataset.num_examples))
         assert indices.shape == (2, 2, 16) and len(np.unique(indices)) > 50  # steps and seeds differ
         # The index function gives the same numbers per step (device mode, default path) as batched (host mode).
-        np.testing.assert_array_equal(train.batch_indices(data_keys[1], 1, 16, dataset.num_examples), indices[1, 1])
+        np.testing.assert_array_equal(engine.batch_indices(data_keys[1], 1, 16, dataset.num_examples), indices[1, 1])
         flat = indices.ravel()
-        device = np.asarray(jax.jit(train.device_images, static_argnums=(0, 1))(
+        device = np.asarray(jax.jit(engine.device_images, static_argnums=(0, 1))(
             name, dataset.factor_sizes, None, flat)).astype(int)
         host = dataset.images(flat).astype(int)
         # float32 sin/sqrt may differ in the last bit and flip a pixel that sits on a rounding edge
@@ -207,16 +217,16 @@ def test_eight_devices_match_one_device(eight_device_run, reference):
 
 def test_resume_with_two_seeds_and_fused_steps(tmp_path, two_seed_run):
     config = tiny_config(num_seeds=2, num_steps=2 * K, log_every=K, checkpoint_every=K, eval_every=2 * K)
-    uninterrupted = train.unstack_to_host(train.train(config, str(tmp_path)), 2)
+    uninterrupted = engine.unstack_to_host(train.train(config, str(tmp_path)), 2)
     for a, b in zip(uninterrupted, two_seed_run):
         assert_trees_close(a, b, atol=0)
     seed_dirs = [tmp_path / 'seed_0', tmp_path / 'seed_1']
-    assert [train.list_checkpoints(str(d)) for d in seed_dirs] == [[K, 2 * K]] * 2
+    assert [rundir.list_checkpoints(str(d)) for d in seed_dirs] == [[K, 2 * K]] * 2
     assert json.load(open(seed_dirs[1] / 'config.json'))['seed'] == 1
     # Stop at step K: both seeds lose their last checkpoint.
     for d in seed_dirs:
         os.remove(d / 'checkpoints' / f'ckpt_{2 * K:09d}.npz')
-    resumed = train.unstack_to_host(train.train(config, str(tmp_path)), 2)
+    resumed = engine.unstack_to_host(train.train(config, str(tmp_path)), 2)
     for a, b in zip(uninterrupted, resumed):
         assert_trees_close(a, b, atol=0)
     steps = [json.loads(line)['step'] for line in open(seed_dirs[0] / 'metrics.jsonl')]
@@ -227,7 +237,7 @@ def test_divergence_names_the_seed(tmp_path):
     """A non-finite loss in one seed of a many-seed run stops the run and says which seed."""
     good = {'loss': np.float32(1.0)}
     assert train.guard_finite(3, good, seed=1) == {'loss': 1.0}
-    with pytest.raises(train.Diverged, match=r'step 3 \(seed 7\): loss terms loss nan'):
+    with pytest.raises(Diverged, match=r'step 3 \(seed 7\): loss terms loss nan'):
         train.guard_finite(3, {'loss': np.float32('nan')}, seed=7)
 
 
@@ -244,7 +254,7 @@ def test_train_py_splits_the_cpu_and_matches_one_device(tmp_path):
     config.update(schedule)
     cores = len(os.sched_getaffinity(0))
     devices = json.load(open(tmp_path / 'cli' / 'run_info.json'))['devices']
-    assert len(devices) == train.cpu_device_count(config, cores) and (len(devices) > 1 or cores == 1)
+    assert len(devices) == engine.cpu_device_count(config, cores) and (len(devices) > 1 or cores == 1)
     one_device = train.train(config, str(tmp_path / 'one'))
     assert jax.device_count() == 1
-    assert_trees_close(train.restore_latest(str(tmp_path / 'cli'), one_device, 'qlae'), one_device, atol=1e-4)
+    assert_trees_close(rundir.restore_latest(str(tmp_path / 'cli'), one_device, 'qlae'), one_device, atol=1e-4)
