@@ -49,7 +49,7 @@ so the numbers agree wherever the 100 iterations converge. Depends only on numpy
 import warnings
 
 import numpy as np
-from joblib import Parallel, delayed
+from sklearn.utils.parallel import Parallel, delayed  # carries the sklearn config into the threads
 from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import mutual_info_classif
