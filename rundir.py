@@ -5,7 +5,9 @@
   metrics.jsonl    one JSON record per log or evaluation; cut back to the checkpoint on resume
   checkpoints/     ckpt_<step>.npz, every leaf of the state, atomic and checksummed; the newest two kept
   train.lock       held by the train.py writing here
-A run of several seeds writes one such directory per seed, DIR/seed_<s>.
+A run of several seeds writes one such directory per seed, DIR/seed_<s>. train.py's default DIR is
+default_workdir's name for the config; --overwrite renames an earlier run aside (move_aside), never
+deleting it. A start checks everything (check_seed_workdirs, the checkpoints) before its first write.
 """
 import contextlib
 import dataclasses
@@ -180,11 +182,13 @@ def flat_config(config):
 
 def describe_config(config, file_config):
     """`field = value` lines for --print_config: every field, with the config file's value where it differs."""
-    def show(value):
+    def show(value):  # as --config.FIELD=VALUE takes it: tuples, not JSON's lists
         return repr(tuple(value) if isinstance(value, list) else value)
-    given = flat_config(file_config)
-    return '\n'.join(f'{key} = {show(value)}' + (f'  # config file: {show(given.get(key))}' if given.get(key) != value
-                                                  else '') for key, value in flat_config(config).items())
+    given, lines = flat_config(file_config), []
+    for key, value in flat_config(config).items():
+        lines.append(f'{key} = {show(value)}' + (f'  # config file: {show(given.get(key))}' if given.get(key) != value
+                                                 else ''))
+    return '\n'.join(lines)
 
 
 def default_workdir(config, file_config, presets=()):
@@ -255,11 +259,10 @@ def move_aside(workdir):
     """--overwrite: rename a workdir holding anything to `<workdir>.old-<time>` (never delete it), saying where."""
     if not os.path.isdir(workdir) or not set(os.listdir(workdir)) - {'train.lock'}:
         return None
-    stamp, aside = time.strftime('%Y%m%d-%H%M%S'), None
-    for n in range(1, 1000):
-        aside = os.path.normpath(workdir) + f'.old-{stamp}' + (f'-{n}' if n > 1 else '')
-        if not os.path.exists(aside):
-            break
+    aside = n = None
+    while aside is None or os.path.exists(aside):
+        n = (n or 0) + 1
+        aside = os.path.normpath(workdir) + time.strftime('.old-%Y%m%d-%H%M%S') + (f'-{n}' if n > 1 else '')
     try:
         with lock(workdir):  # not while a train.py is writing there
             os.rename(workdir, aside)

@@ -8,8 +8,8 @@ of (seed, step), so the resumed run sees exactly what an uninterrupted one would
 
 Exit status (cli.py): 0 done; 2 bad input (one `error:` line; --debug shows the traceback); 3 training
 diverged (non-finite loss or parameter; the last good checkpoint is kept); 128 + signal number after
-SIGINT/SIGTERM, once the current step is checkpointed (non-zero so `train.py && eval.py` does not
-evaluate an unfinished run).
+SIGINT/SIGTERM, once the current step is checkpointed, or at once after a second one (non-zero so
+`train.py && eval.py` does not evaluate an unfinished run).
 
 In this file: the command line, train() and its loop, build_step() (the one compiled training call),
 main(). Where a call runs (devices, hosts, seeds, data placement) is engine.py; the run's files are

@@ -273,8 +273,8 @@ def test_workdir_of_another_run_is_refused(tmp_path, capsys):
     rundir.write_json(str(tmp_path / 'config.json'), rundir.config_to_json(short_config()))
     other = short_config(seed=1)
     other.model.num_values = 5
-    with pytest.raises(UserError, match=r'holds a run with a different config \(model.num_values 10 -> 5, seed 0 -> 1\); '
-                                              'use another --workdir, or --overwrite to move that run aside'):
+    with pytest.raises(UserError, match=r'holds a run with a different config \(model.num_values 10 -> 5, '
+                                        r'seed 0 -> 1\); use another --workdir, or --overwrite to move that run aside'):
         rundir.check_workdir(str(tmp_path), other)
     rundir.check_workdir(str(tmp_path), short_config(num_steps=50, log_every=7))  # allowed
     assert 'note: log_every changed from 1 to 7' in capsys.readouterr().out
