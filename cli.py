@@ -4,6 +4,7 @@ Exit status: 0 done; 2 a bad input (UserError, a flag that does not parse; one `
 stderr, the traceback only with --debug); 3 training diverged (Diverged); 128 + signal number when
 SIGINT/SIGTERM stopped a run after its checkpoint (Interrupted).
 """
+import logging
 import os
 import re
 import signal
@@ -26,14 +27,16 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def run(main, define_flags=None, errors=()):
+def run(main, define_flags=None, errors=(), config_hint=None):
     """Run main(argv) as a command, reporting mistakes as above.
 
     define_flags(argv): defines (and may check) absl flags, which absl then parses; None when main
     parses argv itself (data.py, with argparse). errors: more exception types that are the user's
-    mistake (data.py's DataError).
+    mistake (data.py's DataError). config_hint(argv): where to look when a --config.FIELD flag is
+    wrong (train.py: its --print_config); other flag errors point at --helpfull.
     """
     debug = any(re.match(r'^--?debug(=(true|1))?$', a, re.IGNORECASE) for a in sys.argv)
+    logging.getLogger('jax._src.xla_bridge').setLevel(logging.ERROR)  # no "TPU not found" line on a CPU
     mistakes = (UserError, Diverged, *errors)
 
     def guarded(argv):
@@ -41,6 +44,9 @@ def run(main, define_flags=None, errors=()):
             main(argv)
         except Interrupted as e:
             sys.exit(128 + e.signum)
+        except BrokenPipeError:  # stdout closed early (`train.py --print_config | head`): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except mistakes as e:
             if debug:
                 raise
@@ -60,7 +66,10 @@ def run(main, define_flags=None, errors=()):
             if debug:
                 raise
             message = ' '.join(str(e).split())  # absl's messages may span lines
-            hint = f' (see: python {os.path.basename(argv[0])} --helpfull)' if isinstance(e, flags.Error) else ''
+            hint = ''
+            if isinstance(e, flags.Error):
+                hint = f' ({config_hint(argv)})' if config_hint and '--config' in message else \
+                    f' (see: python {os.path.basename(argv[0])} --helpfull)'
             print(f'error: {message}{hint}', file=sys.stderr, flush=True)
             sys.exit(2)
 

@@ -18,11 +18,13 @@ names and sizes, image shape, number of examples, whether it is procedural, its
 family); configs read it from here.
 """
 import argparse
+import contextlib
 import dataclasses
 import functools
 import glob
 import importlib.util
 import io
+import logging
 import math
 import os
 import re
@@ -740,27 +742,36 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
                         f'into a folder DIR and pass --manual_dir=DIR')
     manual_dir = os.path.expanduser(manual_dir)
     root = _resolve_data_dir(data_dir)
+    if 'tfds' in spec and factor_sizes is not None:
+        raise DataError(f'{name} is built by its tfds catalog builder: factor_sizes cannot change')
+    sizes = tuple(factor_sizes or (s for _, s in spec['factors']))
+    if 'tfds' not in spec:
+        if len(sizes) != len(spec['factors']):
+            raise DataError(f'{name}: factor_sizes must have {len(spec["factors"])} entries, got {sizes}')
+        spec['examples'](manual_dir, sizes)  # checks the files now, before tfds says anything
     import tensorflow_datasets as tfds
     if 'tfds' in spec:
-        if factor_sizes is not None:
-            raise DataError(f'{name} is built by its tfds catalog builder: factor_sizes cannot change')
         builder = tfds.builder(spec['tfds'], data_dir=root, try_gcs=False)
     else:
         config_cls, builder_cls = _builder_class()
-        sizes = tuple(factor_sizes or (s for _, s in spec['factors']))
-        if len(sizes) != len(spec['factors']):
-            raise DataError(f'{name}: factor_sizes must have {len(spec["factors"])} entries, got {sizes}')
-        # tfds logs "Using custom data configuration": the configs are made here, not registered.
-        builder = builder_cls(config=config_cls(name=name, version=_BUILDER_VERSION, factor_sizes=sizes),
-                              data_dir=root)
+        absl_logger = logging.getLogger('absl')
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)  # not "Using custom data configuration": it is made here
+        try:
+            builder = builder_cls(config=config_cls(name=name, version=_BUILDER_VERSION, factor_sizes=sizes),
+                                  data_dir=root)
+        finally:
+            absl_logger.setLevel(level)
         tfds.disable_progress_bar()  # the examples carry their own bar, with a total
     os.makedirs(root, exist_ok=True)
-    # Downloads/extractions go to a scratch folder, removed afterwards.
+    # Downloads/extractions go to a scratch folder, removed afterwards. tfds's own lines on stdout
+    # ("Downloading and preparing dataset Unknown size ...") are dropped: this function says what it did.
     with tempfile.TemporaryDirectory(dir=root, prefix='.disentax-scratch-') as scratch:
         try:
-            builder.download_and_prepare(
-                download_dir=scratch, file_format='array_record',
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False))
+            with contextlib.redirect_stdout(io.StringIO()):
+                builder.download_and_prepare(
+                    download_dir=scratch, file_format='array_record',
+                    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False))
         except Exception as e:  # tfds and the file readers raise many types
             try:  # tfds removed its temporary folder; drop the empty folders above it too
                 os.removedirs(os.path.join(root, _tfds_path(name, spec)[0]))
@@ -775,8 +786,13 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
     return ds
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one `error:` line (cli.py), not argparse's usage block
+        raise DataError(f'{message} (see: python data.py prepare --help)')
+
+
 def main(argv):
-    parser = argparse.ArgumentParser(description='Prepare a dataset for load() from its downloaded files.')
+    parser = _Parser(description='Prepare a dataset for load() from its downloaded files.')
     sub = parser.add_subparsers(dest='command', required=True)
     prep = sub.add_parser('prepare', help='convert the downloaded files to array_record')
     prep.add_argument('name', help=', '.join(DATASET_NAMES))

@@ -5,7 +5,9 @@
   metrics.jsonl    one JSON record per log or evaluation; cut back to the checkpoint on resume
   checkpoints/     ckpt_<step>.npz, every leaf of the state, atomic and checksummed; the newest two kept
   train.lock       held by the train.py writing here
-A run of several seeds writes one such directory per seed, DIR/seed_<s>.
+A run of several seeds writes one such directory per seed, DIR/seed_<s>. train.py's default DIR is
+default_workdir's name for the config; --overwrite renames an earlier run aside (move_aside), never
+deleting it. A start checks everything (check_seed_workdirs, the checkpoints) before its first write.
 """
 import contextlib
 import dataclasses
@@ -14,12 +16,15 @@ import hashlib
 import importlib
 import io
 import json
+import math
 import os
 import platform
 import shlex
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +46,8 @@ EXECUTION_FIELDS = ('steps_per_call', 'data_on_device', 'num_seeds', 'distribute
 # Test-only hook (tests/test_reliability.py): the process SIGKILLs itself while writing the
 # checkpoint of this step, after the temporary file is complete and before the rename.
 KILL_IN_CHECKPOINT_ENV = 'DISENTAX_TEST_KILL_IN_CHECKPOINT'
+# What a run that cannot continue can do; eval.py shows it too, so it names train.py.
+START_AFRESH = 'train afresh in another --workdir, or here with train.py --overwrite (which moves this run aside)'
 
 
 class CorruptCheckpoint(UserError):
@@ -79,10 +86,30 @@ def load_model(config):
     if unknown:
         raise UserError(f'unknown field(s) model.{", model.".join(unknown)} for models/{name}.py; '
                         f'accepted: {", ".join(sorted(fields))}')
+    check_model_types(model.Config, given)
     try:
-        return model, model.Config(**given)
-    except (TypeError, ValueError) as e:  # TypeError: e.g. a string where a number belongs
+        model_config = model.Config(**given)  # the model's own ranges
+    except (TypeError, ValueError) as e:
         raise UserError(f'{e} (in config.model of models/{name}.py)') from None
+    for field in dataclasses.fields(model_config):  # every model: no float field may be nan or inf
+        value = getattr(model_config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f'model.{field.name}={value} is invalid; accepted: a finite number')
+    return model, model_config
+
+
+def check_model_types(config_class, given):
+    """Every value of config.model has its default's type (a float field also takes an integer)."""
+    kinds = ((bool, (bool,), 'True or False'), (int, (int,), 'an integer'), (float, (int, float), 'a number'))
+    for field in dataclasses.fields(config_class):
+        if field.name not in given:
+            continue
+        value = given[field.name]
+        for default_type, accepted, words in kinds:
+            if isinstance(field.default, default_type):
+                if not isinstance(value, accepted) or (default_type is not bool and isinstance(value, bool)):
+                    raise UserError(f'model.{field.name}={value!r} is invalid; accepted: {words}')
+                break
 
 
 def load_dataset(config):
@@ -90,18 +117,24 @@ def load_dataset(config):
         dataset = data.load(config.dataset, config.data_dir or None, in_memory=config.get('in_memory', False))
     except data.DataError as e:
         raise UserError(str(e)) from None
-    if config.batch_size > dataset.num_examples:
-        raise UserError(f'batch_size={config.batch_size} is larger than the {dataset.num_examples} examples of '
-                        f'{config.dataset}; accepted: 1 to {dataset.num_examples}')
+    for name in ('batch_size', 'eval_samples'):
+        if config[name] > dataset.num_examples:
+            raise UserError(f'{name}={config[name]} is larger than the {dataset.num_examples} examples of '
+                            f'{config.dataset}; accepted: 1 to {dataset.num_examples}')
     return dataset
 
 
 def load_run(workdir):
     """config, model module, model Config, dataset and the newest checkpoint's state of the run in workdir."""
     path = os.path.join(workdir, 'config.json')
+    seeds = sorted(glob.glob(os.path.join(glob.escape(workdir), 'seed_*', 'config.json')))
+    if not os.path.exists(path) and seeds:
+        names = [os.path.basename(os.path.dirname(p)) for p in seeds]
+        raise UserError(f'{workdir} is the parent of a multi-seed run ({", ".join(names)}); evaluate one seed: '
+                        f'python eval.py --workdir={shlex.quote(os.path.join(workdir, names[0]))}')
     if not os.path.exists(path):
-        raise UserError(f'no run in {workdir}: {path} not found (train first: '
-                        f'python train.py --config=configs/qlae.py:toyshapes --workdir={workdir})')
+        raise UserError(f'no run in {workdir}: {path} not found (train first: python train.py '
+                        f'--config=configs/qlae.py:toyshapes --workdir={shlex.quote(workdir)})')
     config = read_config(path)
     validate_config(config)
     model, model_config = load_model(config)
@@ -126,8 +159,7 @@ def read_config(path):
         with open(path) as f:
             return ml_collections.ConfigDict(json.load(f))
     except (OSError, ValueError) as e:
-        raise UserError(f'cannot read the run config {path} ({type(e).__name__}: {e}); '
-                        'use another --workdir, or --overwrite to start afresh') from None
+        raise UserError(f'cannot read the run config {path} ({type(e).__name__}: {e}); {START_AFRESH}') from None
 
 
 def write_json(path, obj):
@@ -137,30 +169,107 @@ def write_json(path, obj):
     os.replace(path + '.tmp', path)
 
 
-def check_workdir(workdir, config, overwrite):
-    """Refuse to mix two different runs in one workdir.
+def flat_config(config):
+    """{'model.weight_decay': 0.1, ...}: every field of a config (or its JSON) by its dotted name, as JSON values."""
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f'{prefix}{key}.')
+            else:
+                yield f'{prefix}{key}', value
+    return dict(walk(config if isinstance(config, dict) else config_to_json(config), ''))
+
+
+def describe_config(config, file_config):
+    """`field = value` lines for --print_config: every field, with the config file's value where it differs."""
+    def show(value):  # as --config.FIELD=VALUE takes it: tuples, not JSON's lists
+        return repr(tuple(value) if isinstance(value, list) else value)
+    given, lines = flat_config(file_config), []
+    for key, value in flat_config(config).items():
+        lines.append(f'{key} = {show(value)}' + (f'  # config file: {show(given.get(key))}' if given.get(key) != value
+                                                 else ''))
+    return '\n'.join(lines)
+
+
+def default_workdir(config, file_config, presets=()):
+    """runs/<model>_<dataset>[_<preset>...]_seed<s>[_<hash>] (seeds<s>-<t> for several seeds), where
+    <hash> is 6 hex digits of the fields that differ from `file_config` (what the config file gives
+    for its :arg), present only when some do. So a different config lands in a different folder,
+    and the same command resumes its own run. Left out of the hash: the seeds (in the name) and
+    EXECUTION_FIELDS, which may change between a stop and its resume."""
+    last = config.seed + config.num_seeds - 1
+    parts = [config.model_name, config.dataset, *presets, f'seed{config.seed}' if last == config.seed
+             else f'seeds{config.seed}-{last}']
+    current, base = flat_config(config), flat_config(file_config)
+    changed = {k: v for k, v in current.items()
+               if k not in ('seed',) + EXECUTION_FIELDS and (k not in base or base[k] != v)}
+    if changed:
+        parts.append(hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6])
+    return os.path.join('runs', '_'.join(parts))
+
+
+def check_workdir(workdir, config):
+    """Refuse to mix two different runs in one workdir; reads only.
 
     A resumed run may change RESUMABLE_CHANGES (e.g. train longer): batches and keys depend on
     (seed, step) only, so the parameters follow the same trajectory. Any other change, such as the
     model, the data or the evaluation set, needs another workdir or --overwrite.
     """
     path = os.path.join(workdir, 'config.json')
-    if os.path.exists(path) and not overwrite:
-        previous = config_to_json(read_config(path))
-        current = config_to_json(config)
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        refused = [k for k in changed if k not in RESUMABLE_CHANGES + EXECUTION_FIELDS]
-        if refused:
-            raise UserError(f'workdir {workdir} holds a run with a different config (fields: {", ".join(refused)}); '
-                            'use another --workdir, or --overwrite to start afresh')
-        for k in changed:
-            print(f'note: {k} changed from {previous.get(k)} to {current.get(k)} for this run', flush=True)
-    if overwrite:
-        for step in list_checkpoints(workdir):
-            os.remove(checkpoint_path(workdir, step))
-        for name in ('metrics.jsonl', 'config.json'):
-            if os.path.exists(os.path.join(workdir, name)):
-                os.remove(os.path.join(workdir, name))
+    if not os.path.exists(path):
+        return
+    previous, current = flat_config(read_config(path)), flat_config(config)
+    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES + EXECUTION_FIELDS]
+    if refused:
+        shown = ', '.join(f'{k} {previous.get(k)!r} -> {current.get(k)!r}' for k in refused[:3])
+        more = f' and {len(refused) - 3} more' if len(refused) > 3 else ''
+        raise UserError(f'workdir {workdir} holds a run with a different config ({shown}{more}); '
+                        'use another --workdir, or --overwrite to move that run aside and start afresh')
+    for k in changed:
+        print(f'note: {k} changed from {previous.get(k)} to {current.get(k)} for this run', flush=True)
+
+
+def workdir_error(workdir, error):
+    """The UserError for an OSError met while creating or writing workdir: what is in the way."""
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        what = f'{path} is a file' if path != os.path.abspath(workdir) else 'it is a file'
+        return UserError(f'workdir {workdir} cannot be used: {what}; accepted: a directory, existing or new')
+    what = 'is not writable' if os.path.isdir(workdir) else 'cannot be created'
+    return UserError(f'workdir {workdir} {what} ({error.strerror or error}); accepted: a writable directory, '
+                     'existing or new')
+
+
+def make_workdir(workdir):
+    """Create workdir and check that it can be written: a UserError line instead of a traceback."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise workdir_error(workdir, None)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise workdir_error(workdir, e) from None
+
+
+def move_aside(workdir):
+    """--overwrite: rename a workdir holding anything to `<workdir>.old-<time>` (never delete it), saying where."""
+    if not os.path.isdir(workdir) or not set(os.listdir(workdir)) - {'train.lock'}:
+        return None
+    aside = n = None
+    while aside is None or os.path.exists(aside):
+        n = (n or 0) + 1
+        aside = os.path.normpath(workdir) + time.strftime('.old-%Y%m%d-%H%M%S') + (f'-{n}' if n > 1 else '')
+    try:
+        with lock(workdir):  # not while a train.py is writing there
+            os.rename(workdir, aside)
+    except OSError as e:
+        raise workdir_error(workdir, e) from None
+    print(f'--overwrite: moved the earlier run in {workdir} to {aside}', flush=True)
+    return aside
 
 
 def _git(*args):
@@ -328,11 +437,13 @@ def load_checkpoint(path, template, model_name):
             meta = json.loads(str(f['__meta__']))
             stored = [f[f'leaf{i}'] for i in range(len(f.files) - 1)]
             checksum = meta['checksum'] if meta.get('version') == CHECKPOINT_VERSION else None
-    except Exception as e:  # any unreadable file is a corrupt checkpoint, whatever numpy raised
-        raise CorruptCheckpoint(f'checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e})') from None
+    except OSError as e:
+        raise CorruptCheckpoint(f'checkpoint {path} cannot be read ({e.strerror or e})') from None
+    except Exception:  # whatever numpy made of the bytes (e.g. "pickled data"), it is no checkpoint
+        raise CorruptCheckpoint(f'checkpoint {path} is corrupt (not a complete checkpoint file)') from None
     if meta.get('version') != CHECKPOINT_VERSION:
         raise UserError(f"checkpoint {path} has format version {meta.get('version')}; this code reads "
-                        f'version {CHECKPOINT_VERSION} (train afresh with --overwrite, or use the code that wrote it)')
+                        f'version {CHECKPOINT_VERSION} (use the code that wrote it, or {START_AFRESH})')
     if meta.get('model_name') != model_name:
         raise UserError(f"checkpoint {path} holds model '{meta.get('model_name')}', not '{model_name}'")
     named, treedef = _named_leaves(template)
@@ -360,8 +471,7 @@ def restore_latest(workdir, template, model_name):
             return load_checkpoint(checkpoint_path(workdir, step), template, model_name)
         except CorruptCheckpoint as e:
             if i == len(steps) - 1:
-                raise CorruptCheckpoint(f'{e}, and no older checkpoint loads; delete {workdir}/checkpoints '
-                                        'or use --overwrite to start afresh') from None
+                raise CorruptCheckpoint(f'{e}, and no older checkpoint loads; {START_AFRESH}') from None
             print(f'warning: {e}; falling back to the previous checkpoint', flush=True)
     return None
 
@@ -384,17 +494,24 @@ def config_for_seed(config, index):
     return seed_config
 
 
-def prepare(workdir, config, overwrite):
-    """The directory of every seed, checked against its config (check_workdir), created, cleaned of
-    partial files and given its config.json."""
+def check_seed_workdirs(workdir, config):
+    """Each seed's directory checked against its config (check_workdir); reads only."""
     workdirs = seed_workdirs(workdir, config)
     for i, seed_dir in enumerate(workdirs):
-        seed_config = config_for_seed(config, i)
-        check_workdir(seed_dir, seed_config, overwrite)
-        os.makedirs(seed_dir, exist_ok=True)
-        remove_partial_files(seed_dir)
-        write_json(os.path.join(seed_dir, 'config.json'), config_to_json(seed_config))
+        check_workdir(seed_dir, config_for_seed(config, i))
     return workdirs
+
+
+def prepare(workdirs, config):
+    """Every seed's directory created, cleaned of partial files and given its config.json: the first
+    writes of a start, once everything has been checked."""
+    for i, seed_dir in enumerate(workdirs):
+        try:
+            os.makedirs(seed_dir, exist_ok=True)
+            remove_partial_files(seed_dir)
+            write_json(os.path.join(seed_dir, 'config.json'), config_to_json(config_for_seed(config, i)))
+        except OSError as e:
+            raise workdir_error(seed_dir, e) from None
 
 
 def restore(workdirs, templates, model_name):

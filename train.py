@@ -8,8 +8,8 @@ of (seed, step), so the resumed run sees exactly what an uninterrupted one would
 
 Exit status (cli.py): 0 done; 2 bad input (one `error:` line; --debug shows the traceback); 3 training
 diverged (non-finite loss or parameter; the last good checkpoint is kept); 128 + signal number after
-SIGINT/SIGTERM, once the current step is checkpointed (non-zero so `train.py && eval.py` does not
-evaluate an unfinished run).
+SIGINT/SIGTERM, once the current step is checkpointed, or at once after a second one (non-zero so
+`train.py && eval.py` does not evaluate an unfinished run).
 
 In this file: the command line, train() and its loop, build_step() (the one compiled training call),
 main(). Where a call runs (devices, hosts, seeds, data placement) is engine.py; the run's files are
@@ -19,7 +19,6 @@ import contextlib
 import functools
 import glob
 import importlib.util
-import logging
 import math
 import os
 import re
@@ -43,7 +42,6 @@ import rundir
 from cli import Diverged, Interrupted, UserError
 
 FLAGS = flags.FLAGS
-logging.getLogger('jax._src.xla_bridge').setLevel(logging.ERROR)  # no "TPU not found" noise on CPU
 DEFAULT_CONFIG = 'configs/qlae.py:toyshapes'
 
 
@@ -87,11 +85,19 @@ def check_command_line(argv):
     absl/ml_collections report a wrong config path or an unknown field with pages of traceback;
     here each is one UserError naming the value and what is accepted.
     """
-    config = load_config_file(config_flag_value(argv))
-    for arg in argv:
+    value = config_flag_value(argv)
+    config = load_config_file(value)
+    for i, arg in enumerate(argv):
         match = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
         if not match:
             continue
+        if match.group(1) in ('dataset', 'model_name'):  # the config file derives other fields from them
+            given = arg.split('=', 1)[1] if '=' in arg else argv[i + 1] if i + 1 < len(argv) else 'NAME'
+            path, _, config_arg = value.partition(':')
+            use = (f'{path}:' + ','.join([given, *config_arg.split(',')[1:]]) if match.group(1) == 'dataset'
+                   else f'configs/{given}.py:{config_arg or "toyshapes"}')
+            raise UserError(f'{arg} would keep what the config file derived from its {match.group(1)} (number of '
+                            f'latents, dataset size, network, schedule); choose it in --config: --config={use}')
         node, walked = config, 'config'
         for part in match.group(1).split('.'):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -104,8 +110,10 @@ def define_flags(argv):
     check_command_line(argv)  # before DEFINE_config_file, which already loads the config
     from ml_collections import config_flags
     config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'config file and :arg', lock_config=True)
-    flags.DEFINE_string('workdir', None, 'run folder (default: runs/<model>_<dataset>_seed<seed>)')
-    flags.DEFINE_bool('overwrite', False, 'start afresh in a workdir that holds another run')
+    flags.DEFINE_string('workdir', None, 'run folder (default: runs/<model>_<dataset>[_<presets>]_seed<seed>'
+                        '[_<hash of the other changed fields>])')
+    flags.DEFINE_bool('overwrite', False, 'move the run in --workdir aside (to <workdir>.old-<time>) and start afresh')
+    flags.DEFINE_bool('print_config', False, 'print every field of the resolved config and the workdir, then exit')
 
 
 # ================================================================================================
@@ -125,12 +133,15 @@ def train(config, workdir, overwrite=False):
     model, model_config = rundir.load_model(config)
     dataset = rundir.load_dataset(config)
     writer = jax.process_index() == 0  # with many hosts, one writes the files (and holds the lock)
-    if writer:
-        os.makedirs(workdir, exist_ok=True)
-    with rundir.lock(workdir) if writer else contextlib.nullcontext(), stop_on_signals() as stop:
+    if writer:  # the first writes; the run in workdir is checked (open_run) before anything in it changes
+        if overwrite:
+            rundir.move_aside(workdir)
+        rundir.make_workdir(workdir)
+    with (rundir.lock(workdir) if writer else contextlib.nullcontext(),
+          stop_on_signals(workdir, rundir.seed_workdirs(workdir, config)[0]) as stop):
         init_keys, train_keys, data_keys = engine.seed_keys(config)
         states = [model.init(key, model_config, dataset.image_shape) for key in init_keys]
-        workdirs, states = open_run(workdir, config, overwrite, states, writer)
+        workdirs, states = open_run(workdir, config, states, writer)
         mesh = engine.data_mesh()
         state = engine.place_state(states, mesh)
         keys = engine.replicate((train_keys, data_keys), mesh)
@@ -142,7 +153,7 @@ def train(config, workdir, overwrite=False):
               f'{config.steps_per_call} steps per call) in {workdir}', flush=True)
         if start == 0 and writer:
             report(config, workdirs, 0, 'eval', evaluate(model, model_config, dataset, eval_set, states))
-        tick, tick_step = time.time(), start
+        tick, tick_step, timed = time.time(), start, set()
         while step < config.num_steps:
             num_steps = steps_in_next_call(config, step)
             run = build_step(model, model_config, dataset, config.batch_size, num_steps, config.num_seeds,
@@ -151,6 +162,10 @@ def train(config, workdir, overwrite=False):
                 dataset, data_keys, step, num_steps, config.batch_size, mesh)
             state, metrics = run(state, *keys, np.int32(step), batches)
             step += num_steps
+            if num_steps not in timed:  # a first call compiles: steps/s and the ETA count from its end
+                timed.add(num_steps)
+                jax.block_until_ready(metrics)
+                tick, tick_step = time.time(), step
             stopping = bool(stop)  # read once: a signal arriving later in this call waits for the next
             at_log = step % config.log_every == 0 or step == config.num_steps
             at_eval = step % config.eval_every == 0 or step == config.num_steps
@@ -164,11 +179,11 @@ def train(config, workdir, overwrite=False):
                                      seed=config.seed + i if config.num_seeds > 1 else None)
                         for i, seed_metrics in enumerate(engine.unstack_to_host(metrics, config.num_seeds))]
             if at_log and writer:
-                steps_per_s = (step - tick_step) / (time.time() - tick)
-                tick, tick_step = time.time(), step
-                eta = format_seconds((config.num_steps - step) / max(steps_per_s, 1e-9))
-                report(config, workdirs, step, 'train', per_seed, f' | {steps_per_s:.1f} steps/s | ETA {eta}',
-                       steps_per_s=steps_per_s)
+                now = time.time()
+                rate = (step - tick_step) / max(now - tick, 1e-9) if step > tick_step else None
+                tick, tick_step = now, step
+                eta = f' | {rate:.1f} steps/s | ETA {format_seconds((config.num_steps - step) / rate)}' if rate else ''
+                report(config, workdirs, step, 'train', per_seed, eta, **({'steps_per_s': rate} if rate else {}))
             if at_eval and writer:
                 report(config, workdirs, step, 'eval', evaluate(model, model_config, dataset, eval_set, seed_states))
                 tick = time.time()  # evaluation time does not count against steps/s
@@ -179,23 +194,25 @@ def train(config, workdir, overwrite=False):
                 print(f'stopped by {signal.Signals(stop[0]).name} at step {step}, checkpoint saved; '
                       f'resume with: {resume_command(workdir)}', flush=True)
                 raise Interrupted(stop[0])
-    print(f'done: {workdir} (evaluate with: python eval.py --workdir={workdirs[0]})', flush=True)
+    print(f'done: {workdir} (evaluate with: python eval.py --workdir={shlex.quote(workdirs[0])})', flush=True)
     return state
 
 
-def open_run(workdir, config, overwrite, states, writer):
+def open_run(workdir, config, states, writer):
     """(seed workdirs, one state per seed): the initial `states`, or the checkpoints a resumed run
-    continues from. The writer prepares the directories (rundir.prepare) and the logs first."""
-    workdirs = rundir.prepare(workdir, config, overwrite) if writer else rundir.seed_workdirs(workdir, config)
-    if jax.process_count() > 1:  # the other processes restore what the writer has prepared
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices('workdir prepared')
+    continues from. Everything is checked (configs, checkpoints) before the writer writes anything:
+    config.json, then the logs."""
+    workdirs = rundir.check_seed_workdirs(workdir, config) if writer else rundir.seed_workdirs(workdir, config)
     restored = rundir.restore(workdirs, states, config.model_name)
     start = int(restored[0]['step']) if restored else 0
+    if writer:
+        rundir.prepare(workdirs, config)
+        rundir.start_logs(workdirs, start, resumed=restored is not None)
+    if jax.process_count() > 1:  # no process starts before the writer has prepared the workdir
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('workdir prepared')
     if restored:
         print(f'resumed from step {start} in {workdir}', flush=True)
-    if writer:
-        rundir.start_logs(workdirs, start, resumed=restored is not None)
     return workdirs, restored or states
 
 
@@ -205,11 +222,14 @@ def evaluate(model, model_config, dataset, eval_set, seed_states):
 
 def report(config, workdirs, step, kind, per_seed, suffix='', **extra):
     """Each seed's scores of `kind` ('train' or 'eval') at `step`: a record in its metrics.jsonl, a line here."""
+    now = time.time()  # wall clock: unix seconds in metrics.jsonl, local time on the line
     for i, (seed_dir, scores) in enumerate(zip(workdirs, per_seed)):
-        rundir.append_metrics(seed_dir, {'step': step, **{f'{kind}/{k}': v for k, v in scores.items()}, **extra})
+        rundir.append_metrics(seed_dir, {'step': step, 'time': round(now, 3),
+                                         **{f'{kind}/{k}': v for k, v in scores.items()}, **extra})
         which = f'seed {config.seed + i} | ' if config.num_seeds > 1 else ''
         where, digits = (f'step {step}/{config.num_steps} |', 4) if kind == 'train' else (f'step {step} | eval', 3)
-        print(f'{which}{where} ' + ' '.join(f'{k} {v:.{digits}f}' for k, v in scores.items()) + suffix, flush=True)
+        print(f'{time.strftime("%H:%M:%S", time.localtime(now))} {which}{where} '
+              + ' '.join(f'{k} {v:.{digits}f}' for k, v in scores.items()) + suffix, flush=True)
 
 
 def steps_in_next_call(config, step):
@@ -242,10 +262,14 @@ def guard_finite(step, metrics, state=None, workdir=None, seed=None):
     return values
 
 
+class StopNow(KeyboardInterrupt):
+    """StopNow(signum): a second SIGINT/SIGTERM; the run stops where it is (checkpoints are atomic)."""
+
+
 @contextlib.contextmanager
-def stop_on_signals():
-    """SIGINT/SIGTERM ask the loop to stop after the current call; a second signal acts as usual.
-    Yields a list that receives the signal number."""
+def stop_on_signals(workdir='', seed_dir=None):
+    """SIGINT/SIGTERM ask the loop to stop after the current call; a second one stops at once, with one
+    line naming the newest checkpoint of seed_dir. Yields a list that receives the signal numbers."""
     received = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield received
@@ -256,15 +280,22 @@ def stop_on_signals():
 
     def handler(signum, frame):
         received.append(signum)
-        for s, h in previous.items():  # a second signal interrupts at once (checkpoints stay atomic)
-            signal.signal(s, h)
-        print(f'received {signal.Signals(signum).name}: stopping after this step '
-              '(send it again to stop at once)', flush=True)
+        if len(received) == 2:
+            raise StopNow(signum)
+        if len(received) == 1:
+            print(f'received {signal.Signals(signum).name}: stopping after this step '
+                  '(send it again to stop at once; the checkpoints stay intact)', flush=True)
 
     for signum in previous:
         signal.signal(signum, handler)
     try:
         yield received
+    except StopNow as e:
+        kept = rundir.list_checkpoints(seed_dir) if seed_dir else []
+        kept = f'the checkpoints are intact, newest: step {kept[-1]}' if kept else 'no checkpoint was saved yet'
+        print(f'stopped at once by a second {signal.Signals(e.args[0]).name}: {kept}; resume with: '
+              f'{resume_command(workdir)}', flush=True)
+        raise Interrupted(e.args[0]) from None
     finally:
         for signum, h in previous.items():
             signal.signal(signum, h)
@@ -343,18 +374,22 @@ def build_step(model, model_config, dataset, batch_size, num_steps, num_seeds, o
     return jax.jit(run, donate_argnums=0, out_shardings=engine.replicated(mesh))
 
 
-def default_workdir(config):
-    return os.path.join('runs', f'{config.model_name}_{config.dataset}_seed{config.seed}')
-
-
 def main(argv):
     if len(argv) > 1:
         raise UserError(f'unexpected arguments: {" ".join(argv[1:])}; accepted: --flag=value only')
     config = FLAGS.config
     rundir.validate_config(config)
+    value = config_flag_value(sys.argv)
+    file_config = load_config_file(value)  # what the config file gives before --config.FIELD overrides
+    presets = [p.strip() for p in value.partition(':')[2].split(',')[1:] if p.strip()]
+    workdir = FLAGS.workdir or rundir.default_workdir(config, file_config, presets)
+    if FLAGS.print_config:  # nothing written, nothing run
+        print(f'# --config={value}, workdir {workdir}; change a field with --config.FIELD=VALUE')
+        return print(rundir.describe_config(config, file_config))
     engine.split_cpu(config)  # before JAX runs anything
-    train(config, FLAGS.workdir or default_workdir(config), FLAGS.overwrite)
+    train(config, workdir, FLAGS.overwrite)
 
 
 if __name__ == '__main__':
-    cli.run(main, define_flags)
+    cli.run(main, define_flags, config_hint=lambda argv: f'list the config fields: python train.py '
+            f'--config={shlex.quote(config_flag_value(argv))} --print_config')

@@ -18,6 +18,7 @@ distributions (Equinox's defaults), optimizer groups and loss are theirs; writte
 """
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +50,13 @@ class Config:
         for name in ('num_latents', 'mlp_width'):
             if getattr(self, name) < 1:
                 raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
-        if self.learning_rate <= 0:
-            raise ValueError(f'model.learning_rate={self.learning_rate} must be > 0')
+        # Every float field: finite and in range (`not 0 < x < inf` also rejects nan).
+        for name in ('learning_rate', 'grad_clip'):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and > 0')
+        for name in ('weight_decay',):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and >= 0')
         for prefix in ('enc', 'dec'):
             lists = [getattr(self, f'{prefix}_{k}') for k in ('widths', 'kernels', 'strides')]
             if len(set(map(len, lists))) != 1 or not lists[0]:
@@ -60,8 +66,6 @@ class Config:
                 if (kernel, stride) not in ((3, 1), (4, 2)):  # the paper's two block kinds, padding 1
                     raise ValueError(f'model.{prefix}_kernels/strides: block ({kernel}, {stride}) is not '
                                      'supported; accepted (kernel, stride): (3, 1), (4, 2)')
-        if self.weight_decay < 0:
-            raise ValueError(f'model.weight_decay={self.weight_decay} must be >= 0')
 
 
 # ----------------------------------------------------------------------------------------------

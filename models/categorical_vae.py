@@ -25,6 +25,7 @@ lddr's Gaussian variant (--gaussian) is not in this file.
 """
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -67,14 +68,15 @@ class Config:
         for name in ('num_latents', 'mlp_width', 'anneal_steps', 'disc_layers', 'disc_width'):
             if getattr(self, name) < 1:
                 raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
+        # Every float field: finite and in range (`not 0 < x < inf` also rejects nan).
+        for name in ('temperature', 'learning_rate', 'disc_learning_rate'):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and > 0')
+        for name in ('noise_start', 'noise_end', 'kl_weight', 'tc_penalty'):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and >= 0')
         if self.num_categories < 2:
             raise ValueError(f'model.num_categories={self.num_categories} must be >= 2')
-        for name in ('temperature', 'learning_rate', 'disc_learning_rate'):
-            if getattr(self, name) <= 0:
-                raise ValueError(f'model.{name}={getattr(self, name)} must be > 0')
-        for name in ('noise_start', 'noise_end', 'kl_weight', 'tc_penalty'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'model.{name}={getattr(self, name)} must be >= 0')
         for prefix in ('enc', 'dec'):
             lists = [getattr(self, f'{prefix}_{k}') for k in ('widths', 'kernels', 'strides')]
             if len(set(map(len, lists))) != 1 or not lists[0]:

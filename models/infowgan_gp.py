@@ -37,6 +37,7 @@ continuous, QLInfoWGAN-GP's as discrete (is_discrete), as the authors scored the
 """
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -80,13 +81,16 @@ class Config:
         for name in ('num_latents', 'num_values', 'mlp_width', 'n_critic'):
             if getattr(self, name) < 1:
                 raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
+        # Every float field: finite and in range (`not 0 < x < inf` also rejects nan).
+        for name in ('learning_rate', 'grad_clip'):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and > 0')
+        for name in ('quantize_weight', 'commit_weight', 'gp_weight', 'latent_weight', 'weight_decay',
+                     'quantized_weight_decay'):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and >= 0')
         if self.generator_branch not in ('auto', 'cond', 'mask'):
             raise ValueError(f"model.generator_branch='{self.generator_branch}'; accepted: auto, cond, mask")
-        if self.learning_rate <= 0:
-            raise ValueError(f'model.learning_rate={self.learning_rate} must be > 0')
-        for name in ('gp_weight', 'latent_weight', 'weight_decay', 'quantized_weight_decay'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'model.{name}={getattr(self, name)} must be >= 0')
         for prefix in ('enc', 'dec'):
             lists = [getattr(self, f'{prefix}_{k}') for k in ('widths', 'kernels', 'strides')]
             if len(set(map(len, lists))) != 1 or not lists[0]:

@@ -22,6 +22,7 @@ As in their code, and unlike the beta-TCVAE paper, the loss is BCE averaged per 
 """
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +58,13 @@ class Config:
         for name in ('num_latents', 'mlp_width'):
             if getattr(self, name) < 1:
                 raise ValueError(f'model.{name}={getattr(self, name)} must be >= 1')
-        if self.learning_rate <= 0:
-            raise ValueError(f'model.learning_rate={self.learning_rate} must be > 0')
+        # Every float field: finite and in range (`not 0 < x < inf` also rejects nan).
+        for name in ('learning_rate', 'grad_clip'):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and > 0')
+        for name in ('alpha', 'beta', 'gamma', 'weight_decay'):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f'model.{name}={getattr(self, name)} must be finite and >= 0')
         for prefix in ('enc', 'dec'):
             lists = [getattr(self, f'{prefix}_{k}') for k in ('widths', 'kernels', 'strides')]
             if len(set(map(len, lists))) != 1 or not lists[0]:
@@ -70,9 +76,6 @@ class Config:
                                      'supported; accepted (kernel, stride): (3, 1), (4, 2)')
         if self.dataset_size < 1:
             raise ValueError(f'model.dataset_size={self.dataset_size} must be >= 1')
-        for name in ('alpha', 'beta', 'gamma', 'weight_decay'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'model.{name}={getattr(self, name)} must be >= 0')
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """train.py and eval.py end to end on the tiny preset: resume, outputs, clear errors."""
+import collections
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
+import types
 
 import jax
 import numpy as np
@@ -124,3 +128,37 @@ def test_eval_without_a_run_gives_one_clear_line(tmp_path):
     result = run_script('eval.py', f'--workdir={tmp_path}')
     assert result.returncode == 2
     assert result.stderr.strip().startswith('error: no run in') and 'Traceback' not in result.stderr
+
+
+def test_steps_per_s_start_after_compilation_and_lines_carry_the_wall_clock(tmp_path, monkeypatch, capsys):
+    """A fake clock: each compiled function's first call (its compilation) takes 600 s, every later step
+    0.5 s. steps/s and the ETA must count only the latter; every line and record carries the time."""
+    clock = [1_700_000_000.0]
+    monkeypatch.setattr(train, 'time', types.SimpleNamespace(time=lambda: clock[0], localtime=time.localtime,
+                                                             strftime=time.strftime))
+    build, calls = train.build_step, collections.Counter()
+
+    def build_step(model, model_config, dataset, batch_size, num_steps, *rest):
+        run = build(model, model_config, dataset, batch_size, num_steps, *rest)
+
+        def timed(*args):
+            calls[num_steps] += 1
+            clock[0] += 600.0 if calls[num_steps] == 1 else 0.5 * num_steps
+            return run(*args)
+        return timed
+
+    monkeypatch.setattr(train, 'build_step', build_step)
+    workdir = str(tmp_path / 'my run')  # a space: the printed command must still work
+    train.train(tiny_config(cpu_devices=1), workdir)
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+    assert [r['steps_per_s'] for r in records if 'steps_per_s' in r] == [2.0] * 4  # steps 5, 10, 15, 20
+    assert '| 2.0 steps/s | ETA 0m07s' in out  # at step 5: 15 steps left
+    times = [r['time'] for r in records]
+    assert times == sorted(times) and times[0] == 1_700_000_000.0 and times[-1] == 1_700_000_000.0 + 600 + 19 * 0.5
+    logged = [line for line in out.splitlines() if ' step ' in line and not line.startswith('training')]
+    assert len(logged) == len(records)
+    for line, record in zip(logged, records):
+        assert line.startswith(time.strftime('%H:%M:%S ', time.localtime(record['time']))), line
+    done = [line for line in out.splitlines() if line.startswith('done:')]
+    assert shlex.split(done[0].split('evaluate with: ')[1].rstrip(')')) == ['python', 'eval.py', f'--workdir={workdir}']
