@@ -1,6 +1,7 @@
-"""Evaluate the latest checkpoint of a run: every metric to eval.json, figures to PNG.
+"""Evaluate the latest checkpoint of a run: every metric to eval.json, figures to PNG; training curves.
 
   python eval.py --workdir=runs/qlae_toyshapes_seed0 [--metrics=infomec,mig,dci] [--votes=1000]
+  python eval.py curves DIR [DIR ...] [--output=curves.png]
 
 Metrics (metrics/*.py): infomec, mig, dci, sap, modularity on a fixed evaluation set (the
 config's eval_samples, 10,000 by default; the split metrics train on it and test on an
@@ -8,18 +9,30 @@ independent fixed set of half that size; infomec is reported twice: `infomec`, t
 standalone protocol, and `infomec_paper`, the protocol behind the QLAE paper's tables),
 factor_vae and beta_vae on freshly drawn batches with one factor held fixed (disentanglement_lib's
 sample sizes by default; on a 2-core CPU they render ~2.9M images, so --votes=1000 or
---metrics=... for a quick look).
+--metrics=... for a quick look). Every evaluation also reports `reconstruction`: the PSNR of the
+evaluation set's reconstructions decode(encode(x)).
 
 Writes into the workdir: eval.json (scores, their parameters, seconds, config, step, library
 versions), summary.png (one page: NMI heatmap, all scores, traversals, reconstructions),
-nmi.png, traversals.png (one row per latent), reconstructions.png (inputs above reconstructions).
+nmi.png, traversals.png (one row per latent), reconstructions.png (inputs above reconstructions),
+curves.png (the run's metrics.jsonl against step). A later eval.py of the same checkpoint keeps the
+metrics it does not recompute; a new checkpoint starts eval.json afresh. The scores are printed
+before anything is written, so a workdir that cannot be written loses nothing shown.
+
+`curves` draws metrics.jsonl of one or several runs (a multi-seed parent: each seed_<s> folder),
+overlaid, legend by run: every loss term, InfoM/InfoE/InfoC in both protocols and PSNR against step.
 
 train.py evaluates through this file too (the fixed evaluation set, encode_all and
-infomec_during_training); scikit-learn and matplotlib are imported on first use, so training pays
+scores_during_training); scikit-learn and matplotlib are imported on first use, so training pays
 for neither until it evaluates.
 """
+import json
+import math
 import os
+import sys
 import time
+
+import logging
 
 import jax
 import numpy as np
@@ -30,13 +43,22 @@ import rundir
 from cli import UserError
 
 FLAGS = flags.FLAGS
+logging.getLogger('jax._src.xla_bridge').setLevel(logging.ERROR)  # no "TPU not found" noise on CPU
 METRICS = ('infomec', 'mig', 'dci', 'sap', 'modularity', 'factor_vae', 'beta_vae')
-# What eval.json, the terminal table and the bar chart report, in order: `infomec` gives two.
-REPORTED = ('infomec', 'infomec_paper') + METRICS[1:]
+# What eval.json, the terminal table and the bar chart report, in order: `infomec` gives two, and
+# `reconstruction` (PSNR) comes with every evaluation.
+REPORTED = ('infomec', 'infomec_paper') + METRICS[1:] + ('reconstruction',)
 # The numbers the terminal table and the bar chart show, per reported result.
 HEADLINE = {'infomec': ('infom', 'infoe', 'infoc'), 'infomec_paper': ('infom', 'infoe', 'infoc'), 'mig': ('mig',),
             'dci': ('disentanglement', 'completeness', 'informativeness_test'), 'sap': ('sap',),
-            'modularity': ('modularity', 'explicitness_test'), 'factor_vae': ('score',), 'beta_vae': ('score',)}
+            'modularity': ('modularity', 'explicitness_test'), 'factor_vae': ('score',), 'beta_vae': ('score',),
+            'reconstruction': ('psnr',)}
+PROTOCOL_SUFFIX = {'standalone': '', 'paper': '_paper'}  # eval/infom and eval/infom_paper in metrics.jsonl
+# A warning when InfoE's in-sample bias (metrics.infomec.infoe_chance: what latents carrying no
+# information would score) reaches this; README "Reading InfoMEC".
+INFOE_CHANCE_WARNING = 0.05
+PSNR_MAX_DB = 100.0  # a perfect reconstruction's PSNR is infinite; it is reported as this
+PROGRESS_EVERY = 10.0  # seconds between progress lines of a long encoding; work that ends sooner prints none
 
 
 # ================================================================================================
@@ -54,24 +76,90 @@ def evaluation_set(config, dataset, num_samples=None, split=0):
     return indices, dataset.factors(indices)
 
 
-def encode_all(model, model_config, state, dataset, indices, batch_size=500):
-    """Latents of dataset[indices], encoded in fixed-size batches (the last one padded) to compile once."""
-    out = []
+def psnr_db(reconstructions, images):
+    """Per image, the peak signal-to-noise ratio in dB of pixels in [0, 1]: 20 log10(1) - 10 log10(MSE),
+    the QLAE authors' definition (disentangle/metrics/reconstruction.py, averaged over images by
+    their training scripts). A zero error (infinite PSNR) gives PSNR_MAX_DB."""
+    error = np.square(np.asarray(reconstructions, np.float64) - np.asarray(images, np.float64))
+    mse = error.reshape(len(error), -1).mean(axis=1)
+    return -10.0 * np.log10(np.maximum(mse, 10.0 ** (-PSNR_MAX_DB / 10.0)))
+
+
+def format_seconds(seconds):
+    seconds = int(seconds)
+    return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def progress_printer(label, unit='images'):
+    """A progress(done, total) callback that prints `label: done/total unit (%), elapsed, left` at most
+    once every PROGRESS_EVERY seconds, so work that ends sooner prints nothing."""
+    start = last = time.perf_counter()
+
+    def progress(done, total):
+        nonlocal last
+        now = time.perf_counter()
+        if now - last < PROGRESS_EVERY or done <= 0:
+            return
+        last = now
+        left = (now - start) * (total - done) / done
+        print(f'  {label}: {done:,}/{total:,} {unit} ({done / total:.0%}), {format_seconds(now - start)} '
+              f'elapsed, about {format_seconds(left)} left', flush=True)
+    return progress
+
+
+def encode_all(model, model_config, state, dataset, indices, batch_size=500, reconstruct=False,
+               label='encoding'):
+    """Latents of dataset[indices], encoded in fixed-size batches (the last one padded) to compile once.
+
+    reconstruct=True: (latents, psnr), psnr (n,) each image's psnr_db of decode(encode(x)) against x.
+    A long encoding prints progress lines (progress_printer) headed by `label`."""
+    progress = progress_printer(label)
+    out, psnr = [], []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
         images = dataset.images(padded).astype(np.float32) / 255.0
-        out.append(np.asarray(model.encode(model_config, state, images))[:len(chunk)])
-    return np.concatenate(out)
+        latents = model.encode(model_config, state, images)
+        out.append(np.asarray(latents)[:len(chunk)])
+        if reconstruct:
+            recon = np.asarray(model.decode(model_config, state, latents))
+            psnr.append(psnr_db(recon[:len(chunk)], images[:len(chunk)]))
+        progress(start + len(chunk), len(indices))
+    return (np.concatenate(out), np.concatenate(psnr)) if reconstruct else np.concatenate(out)
 
 
-def infomec_during_training(model, model_config, state, dataset, eval_set):
-    """{'infom', 'infoe', 'infoc'} of one seed's state on the evaluation set: what train.py logs."""
+def infoe_warning(result, num_samples):
+    """The `warning:` line when an InfoMEC result's InfoE is mostly in-sample fit (INFOE_CHANCE_WARNING), else None."""
+    chance = result.get('infoe_chance')  # absent from an eval.json older than it
+    if chance is None or chance < INFOE_CHANCE_WARNING:
+        return None
+    needed = math.ceil(num_samples * chance / INFOE_CHANCE_WARNING / 1000) * 1000
+    return (f"warning: InfoE ({result['protocol']} protocol) is fitted and scored on the same "
+            f"{num_samples:,} samples with {result['infoe_num_features']} features, so latents carrying no "
+            f'information would already score about {chance:.2f}; eval_samples of about {needed:,} or more '
+            f'bring that under {INFOE_CHANCE_WARNING} (README "Reading InfoMEC")')
+
+
+def scores_during_training(model, model_config, state, dataset, eval_set):
+    """What train.py logs at an evaluation (eval/<key> in metrics.jsonl): InfoM, InfoE, InfoC in the
+    standalone protocol ('infom', ...) and in the paper's ('infom_paper', ...), and 'psnr' (dB).
+
+    Both protocols, as the authors' training scripts logged the paper's: for discrete latents both
+    are cheap; for continuous ones each adds one kNN estimate per (latent, source) pair. At step 0
+    (a run's first evaluation) InfoE's in-sample bias is checked (infoe_warning)."""
     indices, sources = eval_set
-    latents = encode_all(model, model_config, jax.device_put(state), dataset, indices)
+    latents, psnr = encode_all(model, model_config, jax.device_put(state), dataset, indices, reconstruct=True,
+                               label='encoding the evaluation set')
     from metrics import infomec  # here, not at the top: scikit-learn takes seconds to import
-    scores = infomec.infomec(sources, latents, model.DISCRETE)
-    return {k: float(scores[k]) for k in ('infom', 'infoe', 'infoc')}
+    scores = {}
+    for protocol, suffix in PROTOCOL_SUFFIX.items():
+        result = infomec.infomec(sources, latents, model.is_discrete(model_config), protocol=protocol)
+        scores.update({f'{k}{suffix}': float(result[k]) for k in ('infom', 'infoe', 'infoc')})
+        warning = infoe_warning(result, len(indices)) if int(state['step']) == 0 else None
+        if warning:
+            print(warning, flush=True)
+    scores['psnr'] = float(psnr.mean())
+    return scores
 
 
 # ================================================================================================
@@ -112,38 +200,73 @@ def pyplot():
     return plt
 
 
+INACTIVE_COLOUR = 'red'  # tick labels of inactive (pruned) latents, as the authors' heatmaps mark them
+ORIGINAL_COLOUR = 'red'  # the frame around a traversal's unperturbed image
+
+
 def plot_nmi(scores, factor_names, path):
+    """The NMI heatmap: each cell's value (2 decimals), inactive latents' labels in red. Returns the figure."""
     plt = pyplot()
-    nmi, active = scores['nmi'], scores['active']
-    fig, ax = plt.subplots(figsize=(0.5 * nmi.shape[1] + 2.5, 0.45 * nmi.shape[0] + 1.5))
+    nmi, active = np.asarray(scores['nmi']), np.asarray(scores['active'], bool)
+    fig, ax = plt.subplots(figsize=(0.6 * nmi.shape[1] + 3, 0.45 * nmi.shape[0] + 1.8))
     im = ax.imshow(nmi, vmin=0, vmax=1, cmap='viridis')
+    for (j, i), value in np.ndenumerate(nmi):
+        ax.text(i, j, f'{value:.2f}', ha='center', va='center', fontsize=7,
+                color='black' if value > 0.6 else 'white')
     ax.set_yticks(range(len(factor_names)), factor_names)
-    ax.set_xticks(range(nmi.shape[1]), [f'z{i}' if a else f'z{i}\n(off)' for i, a in enumerate(active)], fontsize=7)
-    ax.set_xlabel('latents (inactive ones marked off)')
-    ax.set_title(f"NMI  InfoM {scores['infom']:.2f}  InfoE {scores['infoe']:.2f}  InfoC {scores['infoc']:.2f}")
+    ax.set_xticks(range(nmi.shape[1]), [f'z{i}' for i in range(nmi.shape[1])])
+    for label, is_active in zip(ax.get_xticklabels(), active):
+        if not is_active:
+            label.set_color(INACTIVE_COLOUR)
+    ax.set_xlabel(f"latents ({INACTIVE_COLOUR}: inactive, left out of InfoM and InfoC)")
+    ax.set_title(f"NMI, {scores.get('protocol', 'standalone')} protocol: InfoM {scores['infom']:.2f}  "
+                 f"InfoE {scores['infoe']:.2f}  InfoC {scores['infoc']:.2f}", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
-def image_grid(images, path, row_labels=None):
-    """images (rows, cols, H, W, C) in [0, 1] -> one PNG."""
+def value_label(value):
+    """A traversal column's label: integers as they are, real values to 3 significant digits."""
+    return str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f'{value:.3g}'
+
+
+def image_grid(images, path, row_labels=None, cell_labels=None, marked=None):
+    """images (rows, cols, H, W, C) in [0, 1] -> one PNG; returns the figure.
+
+    cell_labels: (rows, cols) titles above the images (None: none; a None cell: a blank cell, not drawn).
+    marked: per row, the column framed in ORIGINAL_COLOUR (None: none)."""
     plt = pyplot()
     rows, cols = images.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + 0.6, rows * 0.9), squeeze=False)
+    height = 0.9 + (0.2 if cell_labels is not None else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9 + 0.6, rows * height), squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r, c]
-            image = images[r, c]
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray', vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0 and row_labels is not None:
-                ax.set_ylabel(row_labels[r], fontsize=7)
-    fig.subplots_adjust(wspace=0.03, hspace=0.03, left=0.06, right=0.99, top=0.99, bottom=0.01)
+                ax.set_ylabel(row_labels[r], fontsize=8)
+            if cell_labels is not None and cell_labels[r][c] is None:
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                continue
+            image = images[r, c]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray', vmin=0, vmax=1)
+            if cell_labels is not None:
+                ax.set_title(cell_labels[r][c], fontsize=7, pad=2)
+            if marked is not None and marked[r] == c:
+                for spine in ax.spines.values():
+                    spine.set_color(ORIGINAL_COLOUR)
+                    spine.set_linewidth(2.5)
+    top = 1 - 0.25 / (rows * height) if cell_labels is not None else 0.99
+    fig.subplots_adjust(wspace=0.05, hspace=0.3 if cell_labels is not None else 0.03, left=0.06, right=0.99,
+                        top=top, bottom=0.01)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    return fig
 
 
 def image_encoder(model, model_config, state):
@@ -153,7 +276,7 @@ def image_encoder(model, model_config, state):
 
 def compute_metrics(names, model, model_config, state, dataset, train_split, test_split, votes, seed, n_jobs=-1):
     """{name: result dict} and {name: seconds} for the metrics `names` ('infomec' gives 'infomec' and
-    'infomec_paper', its two protocols).
+    'infomec_paper', its two protocols). Prints a line as each starts and ends.
 
     train_split/test_split: (sources, latents). votes: FactorVAE train votes / BetaVAE train
     points (evaluation uses half as many); FactorVAE estimates global variances on `votes` images.
@@ -161,17 +284,19 @@ def compute_metrics(names, model, model_config, state, dataset, train_split, tes
     encode = image_encoder(model, model_config, state)
     results, seconds = {}, {}
     for name in [n for n in REPORTED if n in names or (n == 'infomec_paper' and 'infomec' in names)]:
+        print(f'  {name} ...', flush=True)
         tick = time.perf_counter()
         try:
-            results[name] = compute_metric(name, model, dataset, tuple(train_split), tuple(test_split), encode,
-                                           votes, seed, n_jobs)
+            results[name] = compute_metric(name, model, model_config, dataset, tuple(train_split), tuple(test_split),
+                                           encode, votes, seed, n_jobs)
         except ValueError as e:  # the metric's own one-line complaint: lengths, NaN latents, ...
             raise UserError(f'cannot compute {"infomec" if name == "infomec_paper" else name}: {e}') from None
         seconds[name] = time.perf_counter() - tick
+        print(f'  {name} done in {seconds[name]:.1f} s', flush=True)
     return results, seconds
 
 
-def compute_metric(name, model, dataset, train, test, encode, votes, seed, n_jobs):
+def compute_metric(name, model, model_config, dataset, train, test, encode, votes, seed, n_jobs):
     """The result dict of one reported name. train, test: (sources, latents)."""
     # Imported here, not at the top: scikit-learn takes seconds to import, and train.py imports this file.
     from metrics import infomec
@@ -184,8 +309,8 @@ def compute_metric(name, model, dataset, train, test, encode, votes, seed, n_job
     if name in ('infomec', 'infomec_paper'):
         # The paper protocol reads the latents' dtype (one-hot for integer codes, standardized for
         # floats), so the latents go in exactly as the model's encode returned them.
-        return infomec.infomec(*train, model.DISCRETE, protocol='paper' if name == 'infomec_paper' else 'standalone',
-                               n_jobs=n_jobs)
+        return infomec.infomec(*train, model.is_discrete(model_config),
+                               protocol='paper' if name == 'infomec_paper' else 'standalone', n_jobs=n_jobs)
     if name == 'mig':
         return {'mig': mig(*train), 'num_bins': 20}
     if name == 'dci':
@@ -196,9 +321,10 @@ def compute_metric(name, model, dataset, train, test, encode, votes, seed, n_job
         return modularity(*train, test=test, n_jobs=n_jobs)
     if name == 'factor_vae':
         return factor_vae_score(encode, dataset, seed, num_variance_samples=votes, num_train_votes=votes,
-                                num_eval_votes=max(1, votes // 2))
+                                num_eval_votes=max(1, votes // 2), progress=progress_printer('factor_vae'))
     if name == 'beta_vae':
-        return beta_vae_score(encode, dataset, seed, num_train_points=votes, num_eval_points=max(1, votes // 2))
+        return beta_vae_score(encode, dataset, seed, num_train_points=votes, num_eval_points=max(1, votes // 2),
+                              progress=progress_printer('beta_vae'))
     raise ValueError(f"unknown metric '{name}'; accepted: {', '.join(METRICS)}")
 
 
@@ -214,18 +340,26 @@ def to_json(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def traversal_grid(model, model_config, state, latents):
-    """(d, cols, H, W, C): from one evaluation image's code, sweep one latent per row."""
+def traversal_grid(model, model_config, state, latents, num=10):
+    """From one evaluation image's code (latents[0]), sweep one latent per row over traversal_values
+    with the image's own value put in its place among them.
+
+    Returns (images (d, cols, H, W, C), values: per row the swept values, originals: per row the column
+    of the unperturbed code). Rows with fewer values than cols end in white cells."""
     base = latents[0]
-    sweeps = traversal_values(latents, model.DISCRETE)
+    sweeps, originals = [], []
+    for i, values in enumerate(traversal_values(latents, model.is_discrete(model_config), num)):
+        values = np.unique(np.append(values, base[i])) if base[i] not in values else values
+        sweeps.append(values)
+        originals.append(int(np.flatnonzero(values == base[i])[0]))
     cols = max(len(v) for v in sweeps)
     rows = []
     for i, values in enumerate(sweeps):
-        values = np.concatenate([values, np.repeat(values[-1:], cols - len(values))])
-        z = np.repeat(base[None], cols, axis=0).astype(latents.dtype)
+        z = np.repeat(base[None], len(values), axis=0).astype(latents.dtype)
         z[:, i] = values
-        rows.append(np.asarray(model.decode(model_config, state, z)))
-    return np.stack(rows)
+        images = np.asarray(model.decode(model_config, state, z))
+        rows.append(np.concatenate([images, np.ones((cols - len(values),) + images.shape[1:], images.dtype)]))
+    return np.stack(rows), sweeps, originals
 
 
 def mosaic(grid):
@@ -236,116 +370,301 @@ def mosaic(grid):
 
 
 def plot_summary(title, results, factor_names, traversals, reconstructions, path):
-    """One page: NMI heatmap, bar chart of every headline score, traversals, reconstructions."""
+    """One page: NMI heatmap, bar chart of every headline score, traversals, reconstructions.
+
+    traversals: traversal_grid's (images, values, originals). Returns the figure."""
+    from matplotlib.patches import Rectangle
     plt = pyplot()
-    fig = plt.figure(figsize=(14, 10))
-    grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.4))
-    ax = fig.add_subplot(grid[0, 0])
+    fig = plt.figure(figsize=(14, 14))
+    outer = fig.add_gridspec(2, 1, height_ratios=(1, 1.7))
+    top = outer[0].subgridspec(1, 2)
+    bottom = outer[1].subgridspec(1, 2, width_ratios=(1.6, 1))  # the traversals get most of the width
+    ax = fig.add_subplot(top[0, 0])
     if 'infomec' in results:
-        nmi = np.asarray(results['infomec']['nmi'])
+        nmi, active = np.asarray(results['infomec']['nmi']), np.asarray(results['infomec']['active'], bool)
         im = ax.imshow(nmi, vmin=0, vmax=1, cmap='viridis', aspect='auto')
+        for (j, i), value in np.ndenumerate(nmi):
+            ax.text(i, j, f'{value:.2f}', ha='center', va='center', fontsize=6,
+                    color='black' if value > 0.6 else 'white')
         ax.set_yticks(range(len(factor_names)), factor_names, fontsize=8)
-        ax.set_xticks(range(nmi.shape[1]), [f'z{i}' for i in range(nmi.shape[1])], fontsize=7)
-        ax.set_title('NMI(latent; source), standalone protocol')
+        ax.set_xticks(range(nmi.shape[1]), [f'z{i}' for i in range(nmi.shape[1])], fontsize=8)
+        for label, is_active in zip(ax.get_xticklabels(), active):
+            if not is_active:
+                label.set_color(INACTIVE_COLOUR)
+        ax.set_title(f'NMI(latent; source), standalone protocol ({INACTIVE_COLOUR}: inactive latents)')
         fig.colorbar(im, ax=ax, shrink=0.8)
     else:
         ax.axis('off')
         ax.text(0.5, 0.5, 'NMI: infomec not computed', ha='center', va='center')
-    ax = fig.add_subplot(grid[0, 1])
-    scores = headline_scores(results)
+    ax = fig.add_subplot(top[0, 1])
+    scores = {k: v for k, v in headline_scores(results).items() if k != 'reconstruction.psnr'}
     ax.barh(range(len(scores)), list(scores.values()), color='tab:blue')
     ax.set_yticks(range(len(scores)), list(scores), fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     for k, v in enumerate(scores.values()):
         ax.text(min(max(v, 0), 1) + 0.01, k, f'{v:.3f}', va='center', fontsize=7)
-    ax.set_title('scores')
-    for col, (images, label) in enumerate(((traversals, 'traversals (one row per latent)'),
-                                           (reconstructions, 'inputs (top) and reconstructions'))):
-        ax = fig.add_subplot(grid[1, col])
-        picture = mosaic(images)
-        ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap='gray', vmin=0, vmax=1)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(label)
+    psnr = results.get('reconstruction', {}).get('psnr')
+    ax.set_title('scores' + (f' (reconstruction PSNR {psnr:.2f} dB)' if psnr is not None else ''))
+
+    images, _, originals = traversals
+    ax = fig.add_subplot(bottom[0, 0])
+    picture = mosaic(images)
+    ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap='gray', vmin=0, vmax=1)
+    h, w = images.shape[2] + 1, images.shape[3] + 1
+    for r, c in enumerate(originals):
+        ax.add_patch(Rectangle((c * w - 0.5, r * h - 0.5), w - 1, h - 1, fill=False, edgecolor=ORIGINAL_COLOUR,
+                               linewidth=2))
+    ax.set_yticks([r * h + h / 2 - 1 for r in range(len(images))], [f'z{r}' for r in range(len(images))], fontsize=8)
+    ax.set_xticks([])
+    ax.set_title(f'traversals: one row per latent, {ORIGINAL_COLOUR} frame: the unperturbed code '
+                 '(values: traversals.png)', fontsize=10)
+    ax = fig.add_subplot(bottom[0, 1])
+    picture = mosaic(reconstructions)
+    ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap='gray', vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title('inputs (top) and reconstructions')
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
+    return fig
 
 
-def print_table(results, seconds):
+def print_table(results, seconds, kept=()):
     print(f'  {"metric":<14} {"score":<24} {"value":>7} {"seconds":>8}')
     for name in REPORTED:
         if name not in results:
             continue
         for k, key in enumerate(HEADLINE[name]):
-            time_text = f'{seconds[name]:8.1f}' if k == 0 else ''
-            print(f'  {name if k == 0 else "":<14} {key:<24} {float(results[name][key]):7.3f} {time_text}')
+            time_text = f'{seconds[name]:8.1f}' if k == 0 and name in seconds else ''
+            unit = ' (dB)' if name == 'reconstruction' else ''
+            note = '  (kept)' if k == 0 and name in kept else ''
+            print(f'  {name if k == 0 else "":<14} {key + unit:<24} {float(results[name][key]):7.3f} {time_text}{note}'
+                  .rstrip())
         if 'images_per_s' in results[name]:
             print(f'  {"":<14} {"images/s (encode path)":<24} {results[name]["images_per_s"]:7.0f}')
     for k, (key, value) in enumerate(results.get('extra_eval', {}).items()):
         print(f'  {"extra_eval" if k == 0 else "":<14} {key:<24} {value:7.4g}')
 
 
+def earlier_results(path, identity):
+    """metrics and metric_seconds of the eval.json at path if it evaluated the same checkpoint
+    (`identity`: step, config, sample counts), else ({}, {}) with a note saying what was dropped."""
+    if not os.path.exists(path):
+        return {}, {}
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+        metrics, seconds = dict(earlier['metrics']), dict(earlier.get('metric_seconds', {}))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f'note: ignoring the unreadable {path} ({type(e).__name__}); it will be replaced', flush=True)
+        return {}, {}
+    if any(earlier.get(k) != v for k, v in identity.items()):
+        print(f'note: {path} held results of step {earlier.get("step")} (or another config or sample size); '
+              'they are replaced, not merged', flush=True)
+        return {}, {}
+    return metrics, seconds
+
+
 def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs=-1):
-    """Compute `metrics` for the latest checkpoint in workdir; write eval.json and the figures.
+    """Compute `metrics` for the latest checkpoint in workdir; print them, then write eval.json (merged
+    with an earlier eval.json of the same checkpoint) and the figures.
 
     test_samples: size of the test split (default half of the config's eval_samples).
     votes: FactorVAE/BetaVAE training votes (default the config's eval_samples; 10,000)."""
     config, model, model_config, dataset, state = rundir.load_run(workdir)
+    step = int(state['step'])
     indices, sources = evaluation_set(config, dataset)
-    latents = encode_all(model, model_config, state, dataset, indices)
+    print(f'evaluating step {step} of {workdir} on {len(indices):,} samples', flush=True)
+    tick = time.perf_counter()
+    latents, psnr = encode_all(model, model_config, state, dataset, indices, reconstruct=True,
+                               label='encoding the evaluation set')
+    encode_seconds = time.perf_counter() - tick
     test_samples = max(1, config.eval_samples // 2) if test_samples is None else test_samples
     votes = config.eval_samples if votes is None else votes
     needs_test = any(m in metrics for m in ('dci', 'sap', 'modularity'))
     test_indices, test_sources = evaluation_set(config, dataset, test_samples, split=1)
-    test_latents = (encode_all(model, model_config, state, dataset, test_indices) if needs_test
-                    else latents[:0])
+    test_latents = (encode_all(model, model_config, state, dataset, test_indices, label='encoding the test split')
+                    if needs_test else latents[:0])
     results, seconds = compute_metrics(metrics, model, model_config, state, dataset, (sources, latents),
                                        (test_sources, test_latents), votes, config.eval_seed, n_jobs)
+    results['reconstruction'] = {'psnr': float(psnr.mean()), 'psnr_std': float(psnr.std()), 'num_images': len(psnr),
+                                 'max_db': PSNR_MAX_DB}
+    seconds['reconstruction'] = encode_seconds  # encoding and decoding the evaluation set
     # A model file may define extra_eval(config, state, batches of images) -> {name: scalar}: a score of
     # its own (the categorical VAE's straight-through gap), computed on the evaluation set.
     if hasattr(model, 'extra_eval'):
         batches = (dataset.images(chunk).astype(np.float32) / 255.0
                    for chunk in np.array_split(indices, -(-len(indices) // 500)))
         results['extra_eval'] = {k: float(v) for k, v in model.extra_eval(model_config, state, batches).items()}
-    step = int(state['step'])
 
+    # Merge: an earlier eval.json of this checkpoint keeps what was not recomputed now.
+    path = os.path.join(workdir, 'eval.json')
+    identity = {'step': step, 'eval_samples': len(indices), 'test_samples': len(test_indices),
+                'config': rundir.config_to_json(config)}
+    earlier, earlier_seconds = earlier_results(path, identity)
+    kept = [name for name in earlier if name not in results]
+    results = {**{name: earlier[name] for name in kept}, **results}
+    seconds = {**{name: earlier_seconds[name] for name in kept if name in earlier_seconds}, **seconds}
     report = {
-        'workdir': workdir, 'step': step, 'model_name': config.model_name, 'dataset': config.dataset,
-        'eval_samples': len(indices), 'test_samples': len(test_indices), 'votes': votes,
-        'eval_seed': config.eval_seed, 'discrete_latents': bool(model.DISCRETE),
+        'workdir': workdir, 'model_name': config.model_name, 'dataset': config.dataset, **identity,
+        'discrete_latents': bool(model.is_discrete(model_config)),
+        'eval_seed': config.eval_seed, 'factor_names': list(dataset.factor_names),
         'metrics': {name: {k: to_json(v) for k, v in result.items()} for name, result in results.items()},
-        'metric_seconds': seconds, 'factor_names': list(dataset.factor_names),
-        'config': rundir.config_to_json(config), **rundir.run_info(),
+        'metric_seconds': seconds, **rundir.run_info(),
     }
-    rundir.write_json(os.path.join(workdir, 'eval.json'), report)
-
-    if 'infomec' in results:
-        plot_nmi(results['infomec'], dataset.factor_names, os.path.join(workdir, 'nmi.png'))
     traversals = traversal_grid(model, model_config, state, latents)
-    image_grid(traversals, os.path.join(workdir, 'traversals.png'), [f'z{i}' for i in range(len(traversals))])
-    # Reconstructions: eight evaluation images above their reconstructions.
-    shown = np.linspace(0, len(indices) - 1, 8).astype(int)  # spread over the (sorted) evaluation set
+    shown = np.linspace(0, len(indices) - 1, 8).astype(int)  # eight inputs spread over the (sorted) set
     inputs = dataset.images(indices[shown]).astype(np.float32) / 255.0
-    recon = np.asarray(model.decode(model_config, state, latents[shown]))
-    reconstructions = np.stack([inputs, recon])
-    image_grid(reconstructions, os.path.join(workdir, 'reconstructions.png'), ['input', 'recon'])
-    title = f'{config.model_name} on {config.dataset}, step {step}, {len(indices)} samples'
-    plot_summary(title, results, dataset.factor_names, traversals, reconstructions,
-                 os.path.join(workdir, 'summary.png'))
+    reconstructions = np.stack([inputs, np.asarray(model.decode(model_config, state, latents[shown]))])
 
+    # Everything computed is shown before anything is written: a workdir that cannot be written loses nothing shown.
+    title = f'{config.model_name} on {config.dataset}, step {step}, {len(indices)} samples'
     print(title + ':')
-    print_table(results, seconds)
-    written = ['eval.json', 'summary.png'] + (['nmi.png'] if 'infomec' in results else [])
-    print(f'wrote {workdir}/' + ', '.join(written + ['traversals.png', 'reconstructions.png']))
+    print_table(results, seconds, kept)
+    if kept:
+        print(f'  (kept: from the earlier eval.py of this checkpoint: {", ".join(kept)})')
+    for name in ('infomec', 'infomec_paper'):
+        warning = infoe_warning(results[name], len(indices)) if name in results else None
+        if warning:
+            print(warning)
+    sys.stdout.flush()
+    written = write_outputs(workdir, report, results, dataset.factor_names, traversals, reconstructions, title)
+    print(f'wrote {workdir}/' + ', '.join(written), flush=True)
     return report
 
 
+def write_outputs(workdir, report, results, factor_names, traversals, reconstructions, title):
+    """eval.json and the figures into workdir; the names written. A write that fails is one UserError."""
+    written = []
+
+    def target(name):
+        written.append(name)
+        return os.path.join(workdir, name)
+
+    try:
+        rundir.write_json(target('eval.json'), report)
+        plot_summary(title, results, factor_names, traversals, reconstructions, target('summary.png'))
+        if 'infomec' in results:
+            plot_nmi(results['infomec'], factor_names, target('nmi.png'))
+        images, values, originals = traversals
+        cell_labels = [[value_label(v) for v in row] + [None] * (images.shape[1] - len(row)) for row in values]
+        image_grid(images, target('traversals.png'), [f'z{i}' for i in range(len(images))], cell_labels, originals)
+        image_grid(reconstructions, target('reconstructions.png'), ['input', 'recon'])
+        runs = read_runs([workdir])
+        if runs:
+            plot_curves(runs, target('curves.png'))
+    except OSError as e:
+        raise UserError(f'cannot write {os.path.join(workdir, written[-1])} ({e.strerror or e}); the scores above '
+                        'were computed but not saved' + (f' ({", ".join(written[:-1])} were)' if written[:-1] else '')
+                        ) from None
+    return written
+
+
+# ================================================================================================
+# Training curves: metrics.jsonl of one run or several, overlaid
+# ================================================================================================
+
+def read_runs(paths):
+    """{label: records of metrics.jsonl} for each path: a run folder, or a multi-seed parent (one run
+    per seed_<s> folder). Paths without a metrics.jsonl are left out; unreadable lines are skipped."""
+    runs = {}
+    for path in paths:
+        seeds = sorted((d for d in os.listdir(path) if d.startswith('seed_')
+                        and os.path.exists(os.path.join(path, d, 'metrics.jsonl'))),
+                       key=lambda d: int(d[5:]) if d[5:].isdigit() else d) if os.path.isdir(path) else []
+        for folder in [path] if os.path.exists(os.path.join(path, 'metrics.jsonl')) else \
+                [os.path.join(path, d) for d in seeds]:
+            records = []
+            with open(os.path.join(folder, 'metrics.jsonl')) as f:
+                for line in f:
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        pass  # a line cut by a kill mid-write
+            runs[os.path.normpath(folder)] = records
+    return runs
+
+
+def curve_order(key):
+    """Panels: InfoM, InfoE, InfoC (standalone, then paper protocol), PSNR, then the loss terms."""
+    if key.startswith('eval/'):
+        name = key[5:]
+        order = [f'{k}{s}' for s in PROTOCOL_SUFFIX.values() for k in ('infom', 'infoe', 'infoc')] + ['psnr']
+        return (0, order.index(name) if name in order else len(order), name)
+    return (1, 0 if key == 'train/loss' else 1, key)
+
+
+def curve_series(runs):
+    """{key: {label: (steps, values)}} for every train/* and eval/* key of `runs` (read_runs), in panel order."""
+    series = {}
+    for label, records in runs.items():
+        for record in records:
+            for key, value in record.items():
+                if key.startswith(('train/', 'eval/')) and isinstance(value, (int, float)) and 'step' in record:
+                    steps, values = series.setdefault(key, {}).setdefault(label, ([], []))
+                    steps.append(record['step'])
+                    values.append(value)
+    return {key: series[key] for key in sorted(series, key=curve_order)}
+
+
+def plot_curves(runs, path):
+    """One panel per logged quantity against step, one colour per run (legend by run). Returns the figure."""
+    plt = pyplot()
+    series = curve_series(runs)
+    cols = min(4, max(1, len(series)))
+    rows = max(1, -(-len(series) // cols))
+    legend_rows = -(-len(runs) // 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows + 0.3 * legend_rows), squeeze=False)
+    colours = {label: plt.get_cmap('tab10')(i % 10) for i, label in enumerate(runs)}
+    for ax, (key, by_run) in zip(axes.flat, series.items()):
+        for label, (steps, values) in by_run.items():
+            ax.plot(steps, values, marker='o' if key.startswith('eval/') else None, markersize=3,
+                    color=colours[label], label=label)
+        ax.set_title(key + (' (dB)' if key == 'eval/psnr' else ''), fontsize=10)
+        ax.set_xlabel('step', fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis('off')
+    handles = [plt.Line2D([], [], color=colours[label]) for label in runs]
+    fig.legend(handles, list(runs), loc='lower center', ncol=min(3, len(runs)), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.3 * legend_rows / fig.get_figheight(), 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return fig
+
+
+def draw_curves(paths, output=None):
+    """`eval.py curves`: curves.png of the runs in `paths`, by default in the one run's folder, else ./curves.png."""
+    for path in paths:
+        if not os.path.isdir(path):
+            raise UserError(f'no run folder {path}')
+    runs = read_runs(paths)
+    for path in map(os.path.normpath, paths):
+        if not any(label == path or label.startswith(path + os.sep) for label in runs):
+            raise UserError(f'no metrics.jsonl in {path} (nor in seed_<s> folders under it): '
+                            'give the folders train.py wrote')
+    output = output or os.path.join(paths[0] if len(paths) == 1 else '.', 'curves.png')
+    try:
+        plot_curves(runs, output)
+    except OSError as e:
+        raise UserError(f'cannot write {output} ({e.strerror or e})') from None
+    print(f'wrote {output} ({len(runs)} run(s): {", ".join(runs)})', flush=True)
+    return output
+
+
 def main(argv):
+    if len(argv) > 1 and argv[1] == 'curves':
+        if len(argv) < 3:
+            raise UserError('curves needs at least one run folder: python eval.py curves DIR [DIR ...]')
+        draw_curves(argv[2:], FLAGS.output)
+        return
     if len(argv) > 1:
-        raise UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+        raise UserError(f'unexpected arguments: {" ".join(argv[1:])} (to draw training curves: '
+                        'python eval.py curves DIR [DIR ...])')
     if not FLAGS.workdir:
         raise UserError('--workdir is required (the folder train.py wrote, e.g. runs/qlae_toyshapes_seed0)')
     if FLAGS.votes is not None and FLAGS.votes < 1:
@@ -358,6 +677,8 @@ def define_flags(argv):
     flags.DEFINE_string('metrics', ','.join(METRICS), f'comma list, a subset of: {", ".join(METRICS)}')
     flags.DEFINE_integer('votes', None, 'FactorVAE/BetaVAE training votes (evaluation: half); '
                          'default: the run config\'s eval_samples (10,000)')
+    flags.DEFINE_string('output', None, 'curves only: the PNG to write (default: DIR/curves.png for one '
+                        'run, else ./curves.png)')
 
 
 if __name__ == '__main__':

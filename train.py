@@ -200,7 +200,7 @@ def open_run(workdir, config, overwrite, states, writer):
 
 
 def evaluate(model, model_config, dataset, eval_set, seed_states):
-    return [evaluation.infomec_during_training(model, model_config, s, dataset, eval_set) for s in seed_states]
+    return [evaluation.scores_during_training(model, model_config, s, dataset, eval_set) for s in seed_states]
 
 
 def report(config, workdirs, step, kind, per_seed, suffix='', **extra):

@@ -22,10 +22,11 @@ from metrics.common import (LOGISTIC_SOLVERS, check_choice, check_encoding_args,
 
 
 def beta_vae_score(encode, dataset, seed, *, batch_size=64, num_train_points=10_000, num_eval_points=5_000,
-                   encode_batch_size=2048, solver='liblinear'):
+                   encode_batch_size=2048, solver='liblinear', progress=None):
     """BetaVAE score of `encode` on `dataset` (same `encode`/`dataset` contract as factor_vae_score).
 
     solver: 'liblinear' (one-vs-rest, as disentanglement_lib ran) or 'lbfgs' (today's defaults).
+    progress: None, or called as progress(images encoded, images in all) after each encode call.
     Returns {'score' (eval accuracy), 'train_accuracy', 'images_per_s', ...the parameters}.
     Training points that all carry one label (possible only with very few points) give a
     classifier that always predicts it.
@@ -44,7 +45,7 @@ def beta_vae_score(encode, dataset, seed, *, batch_size=64, num_train_points=10_
     second[points, :, labels] = first[points, :, labels]
     # Both batches of every point in one stream of large encode calls.
     latents, images_per_s = encode_factors(
-        encode, dataset, np.concatenate([first, second]).reshape(-1, len(sizes)), encode_batch_size, rng)
+        encode, dataset, np.concatenate([first, second]).reshape(-1, len(sizes)), encode_batch_size, rng, progress)
     z = latents.reshape(2, num_points, batch_size, -1)
     features = np.abs(z[0] - z[1]).mean(axis=1)
     train_x, train_y = features[:num_train_points], labels[:num_train_points]

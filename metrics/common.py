@@ -168,7 +168,7 @@ def sample_factors(rng, factor_sizes, shape):
     return np.stack([rng.integers(0, n, shape) for n in factor_sizes], axis=-1)
 
 
-def encode_factors(encode, dataset, factors, chunk_size, rng):
+def encode_factors(encode, dataset, factors, chunk_size, rng, progress=None):
     """Latents (n, d) of the images with factor values `factors` (n, K), and images/s.
 
     Images are fetched from the dataset `chunk_size` (at most n) at a time (the last chunk padded
@@ -176,7 +176,8 @@ def encode_factors(encode, dataset, factors, chunk_size, rng):
     background thread while `encode` runs: rendering/decoding and XLA both release the GIL.
     `rng` draws what the factors leave open (smallnorb's instance, color_dsprites' colour), as
     disentanglement_lib's sample_observations_from_factors does; one child per chunk, so the
-    draws do not depend on which thread fetches when."""
+    draws do not depend on which thread fetches when. progress: None, or called as progress(images
+    done, n) after each chunk (eval.py prints a line now and then)."""
     n = len(factors)
     chunk_size = min(chunk_size, n)  # a small request is not padded up to a large batch
     starts = list(range(0, n, chunk_size))
@@ -200,6 +201,8 @@ def encode_factors(encode, dataset, factors, chunk_size, rng):
                 raise ValueError(f'encode must map {len(images)} images to a 2D (n, d) latent array; '
                                  f'got shape {latents.shape}')
             out.append(latents[:min(chunk_size, n - start)])
+            if progress is not None:
+                progress(min(start + chunk_size, n), n)
     seconds = time.perf_counter() - tick
     latents = np.concatenate(out).astype(np.float64)
     if not np.all(np.isfinite(latents)):

@@ -26,7 +26,8 @@ def _votes(latents, fixed, global_variance, active, num_sources):
 
 
 def factor_vae_score(encode, dataset, seed, *, batch_size=64, num_variance_samples=10_000,
-                     num_train_votes=10_000, num_eval_votes=5_000, prune_std=0.05, encode_batch_size=2048):
+                     num_train_votes=10_000, num_eval_votes=5_000, prune_std=0.05, encode_batch_size=2048,
+                     progress=None):
     """FactorVAE score of `encode` on `dataset`.
 
     encode: uint8 images (encode_batch_size, *image_shape) -> latents (encode_batch_size, d); it
@@ -34,6 +35,7 @@ def factor_vae_score(encode, dataset, seed, *, batch_size=64, num_variance_sampl
     dataset: has `factor_sizes` and `images_for_factors(factors (n, K), rng) -> images` (data.Dataset).
     seed: the only randomness (factor draws, then what they leave open: smallnorb's object
       instance, color_dsprites' colour, drawn per image by `images_for_factors(factors, rng)`).
+    progress: None, or called as progress(images encoded, images in all) after each encode call.
 
     Returns {'score' (eval accuracy), 'train_accuracy', 'num_active', 'images_per_s', ...the
     parameters}. No active latent gives score 0 (as disentanglement_lib does).
@@ -51,7 +53,8 @@ def factor_vae_score(encode, dataset, seed, *, batch_size=64, num_variance_sampl
     votes = np.arange(num_votes)
     batches[votes, :, fixed] = batches[votes, 0, fixed][:, None]
     latents, images_per_s = encode_factors(
-        encode, dataset, np.concatenate([variance_rows, batches.reshape(-1, len(sizes))]), encode_batch_size, rng)
+        encode, dataset, np.concatenate([variance_rows, batches.reshape(-1, len(sizes))]), encode_batch_size, rng,
+        progress)
 
     global_variance = latents[:num_variance_samples].var(axis=0, ddof=1)
     active = np.sqrt(global_variance) >= prune_std

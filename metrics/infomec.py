@@ -27,6 +27,13 @@ its cross-entropy is log #classes); InfoE = mean over sources of (CE_null - CE) 
 InfoM = (mean over active latents of max_j NMI / sum_j NMI - 1/K) / (1 - 1/K);
 InfoC = (mean over sources of max_i NMI / sum_i NMI over active latents - 1/A) / (1 - 1/A).
 
+InfoE is in-sample (fitted and scored on the same N samples, without a penalty), so it grows as N
+shrinks: latents carrying no information about a source with C values get about F (C - 1) /
+(2 N ln C) from the fit alone: with F features the fit has F (C - 1) free parameters more than the
+null model, which lower the in-sample cross-entropy by about F (C - 1) / (2 N) nats (Wilks: twice
+the log-likelihood gain is chi-square with that many degrees of freedom), against ln C for the null
+model. infoe_chance is that number averaged over the sources; both protocols report it.
+
 Where the authors' code gives NaN or fails, this file gives a defined number (same for both protocols):
 - an active latent whose NMI column is all zero (no information about any source) is left out of
   InfoM's mean. The paper's code does this (its NaN ratio is masked out); the standalone file
@@ -49,7 +56,7 @@ so the numbers agree wherever the 100 iterations converge. Depends only on numpy
 import warnings
 
 import numpy as np
-from joblib import Parallel, delayed
+from sklearn.utils.parallel import Parallel, delayed  # carries the sklearn config into the threads
 from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import mutual_info_classif
@@ -190,8 +197,16 @@ def _infoe_one_source(features, codes, cross_entropy):
     return (null - fitted) / null
 
 
+def infoe_chance(num_samples, num_features, source_cardinalities):
+    """About the InfoE that latents carrying no information get from the in-sample fit alone: the mean
+    over sources with C >= 2 values of F (C - 1) / (2 N ln C), at most 1 (see the module docstring)."""
+    terms = [num_features * (c - 1) / (2 * num_samples * np.log(c)) for c in source_cardinalities if c > 1]
+    return float(min(1.0, np.mean(terms))) if terms else 0.0
+
+
 def infoe(sources, latents, encoding='standardize', *, cross_entropy='log_loss', n_jobs=1):
-    """InfoE and InfoE-regression of all latents: {'infoe', 'infoe_regression', 'infoe_per_source'}.
+    """InfoE and InfoE-regression of all latents: {'infoe', 'infoe_regression', 'infoe_per_source',
+    'infoe_num_features', 'infoe_chance'} (the last two: see infoe_chance).
 
     encoding: see explicitness_features. cross_entropy: 'log_loss' (the standalone file) or
     'log_proba' (the paper's). InfoE-regression (the paper's explicitness_regression): R^2 of a
@@ -205,9 +220,12 @@ def infoe(sources, latents, encoding='standardize', *, cross_entropy='log_loss',
     source_codes = [label_encode(col)[0] for col in sources.T]
     usable = [j for j, codes in enumerate(source_codes) if codes.max() > 0]
     per_source = np.full(len(source_codes), np.nan)
+    sample_size = {'infoe_num_features': int(features.shape[1]),
+                   'infoe_chance': infoe_chance(len(latents), features.shape[1],
+                                                [codes.max() + 1 for codes in source_codes])}
     # Latents that never vary carry nothing: 0, where the fits would give 0 up to rounding.
     if not usable or np.all(latents == latents[:1]):
-        return {'infoe': 0.0, 'infoe_regression': 0.0, 'infoe_per_source': per_source}
+        return {'infoe': 0.0, 'infoe_regression': 0.0, 'infoe_per_source': per_source, **sample_size}
     # One lbfgs fit per source in worker processes (lbfgs holds the GIL); same fits, same numbers.
     per_source[usable] = parallel_map(_infoe_one_source, [(features, source_codes[j], cross_entropy)
                                                           for j in usable], n_jobs)
@@ -218,7 +236,7 @@ def infoe(sources, latents, encoding='standardize', *, cross_entropy='log_loss',
         predictions = LinearRegression().fit(dense, targets).predict(dense)
     r2 = r2_score(targets, predictions, multioutput='raw_values')
     return {'infoe': float(np.mean(per_source[usable])), 'infoe_regression': float(np.mean(r2)),
-            'infoe_per_source': per_source}
+            'infoe_per_source': per_source, **sample_size}
 
 
 # ------------------------------------------------------------------------------------ InfoMEC
@@ -241,7 +259,8 @@ def infomec(sources, latents, discrete_latents, *, protocol='standalone', estima
         train.py calls this every eval_every steps, where starting workers costs more than it saves.
 
     Returns a dict with 'infom', 'infoe', 'infoc', 'nmi' (K, d), 'active' (d,), 'num_active',
-    'infom_gap' (over active latents), 'infoc_gap' (over all latents), 'infoe_regression', and the
+    'infom_gap' (over active latents), 'infoc_gap' (over all latents), 'infoe_regression',
+    'infoe_num_features' and 'infoe_chance' (InfoE's in-sample bias; see infoe_chance), and the
     settings used ('infoe_encoding' resolved to 'onehot' or 'standardize'). Never NaN: the degenerate
     cases are in the module docstring. InfoE is not clipped (a poor fit can make it slightly
     negative), nor is NMI (the kNN estimate can exceed H(s_j) a little).
@@ -281,6 +300,8 @@ def infomec(sources, latents, discrete_latents, *, protocol='standalone', estima
         'infom_gap': _mean_top_gap(active_nmi, axis=0),
         'infoc_gap': _mean_top_gap(nmi, axis=1),
         'infoe_regression': explicitness['infoe_regression'],
+        'infoe_num_features': explicitness['infoe_num_features'],
+        'infoe_chance': explicitness['infoe_chance'],
         'protocol': protocol,
         'estimator': estimator,
         'prune_fraction': float(prune_fraction),

@@ -13,7 +13,7 @@ paper's argument for disentanglement. Weight decay on the network completes the 
 This file is self-contained: it imports only jax, optax, numpy and the standard library, so it can be
 copied alone into another project. Interface (shared by every file in models/):
     Config, init(key, config, image_shape), train_step(config, state, images, key),
-    encode(config, state, images), decode(config, state, latents), DISCRETE.
+    encode(config, state, images), decode(config, state, latents), is_discrete(config).
 Deviations from the authors' code (kylehkhsu/latent_quantization): none known. Network, initial
 distributions (Equinox's defaults), optimizer groups and loss are theirs; written in plain JAX
 (NHWC), so a seed draws different initial numbers from the same distributions.
@@ -26,7 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-DISCRETE = False  # encode() returns real numbers, so metrics treat the latents as continuous
+
+def is_discrete(config):
+    """encode() returns real numbers: metrics treat the latents as continuous."""
+    return False
 
 
 @dataclasses.dataclass(frozen=True)

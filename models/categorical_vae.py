@@ -13,7 +13,7 @@ encoder and decoder as lddr writes it in Haiku (about 0.85M parameters at 64x64x
 Haiku's default initialisers and SAME padding. `straight_through_gap` is the paper's unsupervised
 model-selection score; eval.py reports it through `extra_eval`.
 
-Interface (shared by every file in models/): Config, init, train_step, encode, decode, DISCRETE.
+Interface (shared by every file in models/): Config, init, train_step, encode, decode, is_discrete.
 Imports only jax, optax, numpy and the standard library.
 Deviations from the authors' code (checked line by line against lddr's run.py and eval.py):
 - eval.py computes the straight-through gap on its evaluation set (10,000 images by default); lddr
@@ -31,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# encode() returns the expected grid value under softmax(logits): a continuous number between
-# grid points, not a category, so metrics use the continuous (kNN) estimator.
-DISCRETE = False
+
+def is_discrete(config):
+    """encode() returns the expected grid value under softmax(logits): a continuous number between
+    grid points, not a category, so metrics use the continuous (kNN) estimator."""
+    return False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ it, with the gradient of the generator loss, which reaches it through the sample
 through its quantization term; the generator loss also holds the commitment term (0.01 each). The
 critic loss holds both terms too, of which only the commitment term moves the critic.
 
-Interface (shared by every file in models/): Config, init, train_step, encode, decode, DISCRETE.
+Interface (shared by every file in models/): Config, init, train_step, encode, decode, is_discrete.
 Imports only jax, optax, numpy and the standard library.
 One train_step = one critic update on the step's batch; on steps with (step + 1) % n_critic == 0 it
 is followed by one generator update against the updated critic (jax.lax.cond, or on CPU computed every
@@ -32,8 +32,8 @@ offsets and the codebook (the authors' GAN rule).
 Deviations from the authors' code: the transposed convs are computed as four interleaved 2x2 convs
 (the same function); the gradient penalty's norm has 1e-12 under the square root; random streams
 differ (numpy draws the initial weights); `gen_loss` on a step without a generator update repeats the
-last generator update's loss (0 before the first). Evaluation: the authors scored QLInfoWGAN-GP's
-latents as discrete; here DISCRETE is False for both variants (see below).
+last generator update's loss (0 before the first). Evaluation: InfoWGAN-GP's latents are scored as
+continuous, QLInfoWGAN-GP's as discrete (is_discrete), as the authors scored them.
 """
 import dataclasses
 import functools
@@ -43,10 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# encode() returns z_hat: continuous for InfoWGAN-GP, codebook values for QLInfoWGAN-GP. DISCRETE must
-# be one constant for the file, so both variants are scored with the continuous (kNN) estimator,
-# which keeps their scores comparable with each other.
-DISCRETE = False
+
+def is_discrete(config):
+    """encode() returns z_hat: real numbers for InfoWGAN-GP (continuous), codebook values for
+    QLInfoWGAN-GP (discrete, as the authors scored it)."""
+    return config.quantized
 
 
 @dataclasses.dataclass(frozen=True)

@@ -299,7 +299,7 @@ def test_eval_without_checkpoint_or_with_bad_metric_inputs_is_one_error(tmp_path
     rundir.write_json(str(tmp_path / 'config.json'), rundir.config_to_json(short_config()))
     with pytest.raises(UserError, match=r'no checkpoint in .*/checkpoints: the run has not saved one yet'):
         rundir.load_run(str(tmp_path))
-    sources, model = np.zeros((10, 2), np.int64), types.SimpleNamespace(DISCRETE=False)
+    sources, model = np.zeros((10, 2), np.int64), types.SimpleNamespace(is_discrete=lambda config: False)
 
     def score(latents):  # InfoMEC alone needs no encoder or dataset
         return evaluation.compute_metrics(('infomec',), model, None, None, None, (sources, latents), (sources, latents),

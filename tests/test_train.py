@@ -40,6 +40,23 @@ def test_run_writes_metrics_config_and_keeps_two_checkpoints(finished_run):
     assert 'jax' in json.load(open(os.path.join(workdir, 'run_info.json')))['versions']
 
 
+def test_training_log_holds_both_protocols_and_psnr(finished_run):
+    import eval as evaluation
+    from metrics import infomec
+    workdir, state = finished_run
+    records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+    logged = next(r for r in records if r['step'] == 20 and 'eval/infom' in r)
+    keys = [f'eval/{k}{s}' for s in ('', '_paper') for k in ('infom', 'infoe', 'infoc')] + ['eval/psnr']
+    assert sorted(k for k in logged if k.startswith('eval/')) == sorted(keys)
+    # The logged numbers are those of the final state, in each protocol.
+    config, model, model_config, dataset, _ = rundir.load_run(workdir)
+    indices, sources = evaluation.evaluation_set(config, dataset)
+    latents, psnr = evaluation.encode_all(model, model_config, state, dataset, indices, reconstruct=True)
+    assert logged['eval/psnr'] == pytest.approx(float(psnr.mean()), rel=1e-6) and 5 < logged['eval/psnr'] < 60
+    paper = infomec.infomec(sources, latents, model.is_discrete(model_config), protocol='paper')
+    assert all(logged[f'eval/{k}_paper'] == pytest.approx(paper[k], abs=1e-9) for k in ('infom', 'infoe', 'infoc'))
+
+
 def test_stopped_and_restarted_run_matches_uninterrupted_one(finished_run, tmp_path):
     workdir, uninterrupted = finished_run
     # Stop after step 10: the run keeps its checkpoint at 10 and loses what came later.
@@ -74,8 +91,9 @@ def test_eval_writes_json_and_figures(finished_run):
     metrics = tuple(m for m in evaluation.METRICS if m != 'dci')
     report = evaluation.evaluate_run(workdir, metrics, votes=8, n_jobs=1)
     written = json.load(open(os.path.join(workdir, 'eval.json')))
-    # infomec brings the paper protocol's scores along as infomec_paper
-    assert set(written['metrics']) == set(metrics) | {'infomec_paper'} and written['test_samples'] == 100
+    # infomec brings the paper protocol's scores along as infomec_paper; every evaluation has the PSNR
+    assert set(written['metrics']) == set(metrics) | {'infomec_paper', 'reconstruction'}
+    assert written['test_samples'] == 100 and written['metrics']['reconstruction']['psnr'] > 0
     for name in metrics:
         assert all(np.isfinite(written['metrics'][name][k]) for k in evaluation.HEADLINE[name]), name
     assert written['step'] == 20 and written['model_name'] == 'qlae'
@@ -83,7 +101,7 @@ def test_eval_writes_json_and_figures(finished_run):
     assert all(0 <= scores[k] <= 1 for k in ('infom', 'infoc'))
     assert np.array(scores['nmi']).shape == (6, 12)
     assert report['metrics']['infomec']['infom'] == scores['infom']
-    for name in ('summary.png', 'nmi.png', 'traversals.png', 'reconstructions.png'):
+    for name in ('summary.png', 'nmi.png', 'traversals.png', 'reconstructions.png', 'curves.png'):
         with open(os.path.join(workdir, name), 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
