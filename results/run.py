@@ -104,7 +104,7 @@ def train_and_evaluate(args, name, table_dir):
             + ([f'--votes={preset["votes"]}'] if preset['votes'] else []))
         with open(os.path.join(seed_dir, 'eval.json')) as f:
             report = json.load(f)
-        kept = {k: report[k] for k in ('model_name', 'dataset', 'step', 'eval_samples', 'test_samples', 'votes',
+        kept = {k: report[k] for k in ('model_name', 'dataset', 'step', 'eval_samples', 'test_samples',
                                        'discrete_latents', 'metrics', 'metric_seconds', 'factor_names', 'config')
                 if k in report}
         kept.update(row=name, seed=seed, preset=args.preset)
@@ -209,7 +209,7 @@ def main(argv=None):
     prefix = os.path.join(args.out, f'{args.dataset}_{args.preset}')
     with open(prefix + '.json', 'w') as f:
         json.dump({'dataset': args.dataset, 'preset': args.preset, 'seeds': args.seeds, 'rows': summary}, f, indent=1)
-    votes = next(iter(reports.values()))[0].get('votes') if args.preset != 'paper' else None
+    votes = PRESETS[args.preset]['votes']
     with open(prefix + '.md', 'w') as f:
         f.write(markdown(args, summary, votes))
     figures(args, reports, prefix)
