@@ -1,0 +1,226 @@
+"""The papers' comparison in one command: every model, three seeds, every metric, one table.
+
+  python results/run.py --dataset=toyshapes --preset=cpu      # the table in README (a 2-core CPU: hours)
+  python results/run.py --dataset=shapes3d --preset=paper     # the papers' settings, for a GPU
+  python results/run.py --dataset=toyshapes --preset=tiny     # seconds a model: checks the pipeline only
+
+Each model trains its seeds in one train.py run (the vmapped `num_seeds` path) in
+runs/results/<dataset>_<preset>/<model>/seed_<s>, and each seed is then scored by eval.py with every
+metric. What comes out, under results/:
+  <dataset>_<preset>/<model>_seed<s>.json   one seed's scores (eval.json without the figures' inputs)
+  <dataset>_<preset>.json, <dataset>_<preset>.md   mean and 95% interval over seeds, per model
+  <dataset>_<preset>_infom_infoe.png, _nmi.png, _traversals.png   the figures beside the table
+Rerunning skips the seeds whose JSON exists, resumes unfinished training (train.py resumes by itself)
+and evaluates what is missing, so the work survives a stop; `--commit` commits each JSON as it lands.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (row name, config file, overrides): every model of models/, the GAN in both of its variants.
+MODELS = (
+    ('qlae', 'qlae', ()),
+    ('ae', 'ae', ()),
+    ('vae', 'vae', ()),
+    ('tcvae', 'tcvae', ()),
+    ('bioae', 'bioae', ()),
+    ('vqvae', 'vqvae', ()),
+    ('categorical_vae', 'categorical_vae', ()),
+    ('infowgan_gp', 'infowgan_gp', ()),
+    ('qlinfowgan_gp', 'infowgan_gp', ('--config.model.quantized=True',)),
+)
+# Per preset: the config arg's presets, train.py overrides, and eval.py's FactorVAE/BetaVAE votes
+# (None: disentanglement_lib's 10,000). The CPU schedule is chosen in README ("Results") from
+# results/schedule.py's curves.
+PRESETS = {
+    'cpu': {'presets': '', 'num_steps': 5000, 'votes': 1000},
+    'paper': {'presets': ',paper', 'num_steps': None, 'votes': None},
+    'tiny': {'presets': ',tiny', 'num_steps': 20, 'votes': 20},
+}
+# The numbers of the table, per eval.json result: (result, key, column title).
+COLUMNS = (('infomec_paper', 'infom', 'InfoM'), ('infomec_paper', 'infoe', 'InfoE'), ('infomec_paper', 'infoc', 'InfoC'),
+           ('infomec', 'infom', 'InfoM (sa)'), ('infomec', 'infoe', 'InfoE (sa)'), ('infomec', 'infoc', 'InfoC (sa)'),
+           ('mig', 'mig', 'MIG'), ('dci', 'disentanglement', 'DCI D'), ('dci', 'completeness', 'DCI C'),
+           ('dci', 'informativeness_test', 'DCI I'), ('sap', 'sap', 'SAP'), ('modularity', 'modularity', 'Mod'),
+           ('modularity', 'explicitness_test', 'Expl'), ('factor_vae', 'score', 'FactorVAE'),
+           ('beta_vae', 'score', 'BetaVAE'), ('reconstruction', 'psnr', 'PSNR'))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dataset', default='toyshapes')
+    parser.add_argument('--preset', default='cpu', help=f'one of {", ".join(PRESETS)}')
+    parser.add_argument('--models', default='', help='comma list of row names (default: all): '
+                        + ', '.join(name for name, _, _ in MODELS))
+    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--num_steps', type=int, default=0, help="override the preset's training steps")
+    parser.add_argument('--runs', default=os.path.join(ROOT, 'runs', 'results'), help='where the runs train')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'results'), help='where the JSON, table, figures go')
+    parser.add_argument('--commit', action='store_true', help='git-commit each per-seed JSON as it lands')
+    args = parser.parse_args(argv)
+    rows = {name: (config, extra) for name, config, extra in MODELS}
+    if args.preset not in PRESETS:
+        parser.exit(2, f'error: --preset={args.preset!r} is not known; accepted: {", ".join(PRESETS)}\n')
+    args.rows = [m for m in args.models.split(',') if m] or list(rows)
+    unknown = [m for m in args.rows if m not in rows]
+    if unknown:
+        parser.exit(2, f'error: --models: unknown {", ".join(unknown)}; accepted: {", ".join(rows)}\n')
+    if args.seeds < 2:
+        parser.exit(2, f'error: --seeds={args.seeds}: an interval needs at least 2 seeds\n')
+    return args
+
+
+def run(command):
+    print('$ ' + ' '.join(command), flush=True)
+    code = subprocess.call(command, cwd=ROOT)
+    if code != 0:
+        sys.exit(f'error: exit {code} from: {" ".join(command)} (rerun this script to resume)')
+
+
+def train_and_evaluate(args, name, table_dir):
+    """Train `name`'s seeds if any seed lacks its JSON, then evaluate each such seed; returns the JSON paths."""
+    config, extra = dict((n, (c, e)) for n, c, e in MODELS)[name]
+    preset = PRESETS[args.preset]
+    paths = [os.path.join(table_dir, f'{name}_seed{s}.json') for s in range(args.seeds)]
+    if all(os.path.exists(p) for p in paths):
+        return paths
+    workdir = os.path.join(args.runs, f'{args.dataset}_{args.preset}', name)
+    num_steps = args.num_steps or preset['num_steps']
+    command = [sys.executable, 'train.py', f'--config=configs/{config}.py:{args.dataset}{preset["presets"]}',
+               f'--config.num_seeds={args.seeds}', f'--workdir={workdir}', *extra]
+    if num_steps:  # evaluate (InfoMEC, PSNR) only at the end: eval.py scores the seeds next
+        command += [f'--config.num_steps={num_steps}', f'--config.eval_every={num_steps}']
+    run(command)
+    for seed, path in enumerate(paths):
+        if os.path.exists(path):
+            continue
+        seed_dir = os.path.join(workdir, f'seed_{seed}')
+        run([sys.executable, 'eval.py', f'--workdir={seed_dir}']
+            + ([f'--votes={preset["votes"]}'] if preset['votes'] else []))
+        with open(os.path.join(seed_dir, 'eval.json')) as f:
+            report = json.load(f)
+        kept = {k: report[k] for k in ('model_name', 'dataset', 'step', 'eval_samples', 'test_samples',
+                                       'discrete_latents', 'metrics', 'metric_seconds', 'factor_names', 'config')
+                if k in report}
+        kept.update(row=name, seed=seed, preset=args.preset)
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(kept, f, indent=1)
+        os.replace(tmp, path)
+        if args.commit:
+            subprocess.call(['git', 'add', path], cwd=ROOT)
+            subprocess.call(['git', 'commit', '-q', '-m', f'results: {args.dataset} {args.preset} {name} seed {seed}',
+                             '--', path], cwd=ROOT)
+    return paths
+
+
+def interval(values):
+    """(mean, half-width of the 95% Student-t interval) over seeds."""
+    from scipy import stats
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def summarize(args, reports):
+    """{row: {column: {'mean', 'ci95', 'seeds': [...]}}} over the rows whose seeds all have JSON."""
+    summary = {}
+    for name, seed_reports in reports.items():
+        row = {}
+        for result, key, title in COLUMNS:
+            values = [r['metrics'][result][key] for r in seed_reports if key in r['metrics'].get(result, {})]
+            if len(values) == len(seed_reports):
+                mean, half = interval(values)
+                row[title] = {'mean': mean, 'ci95': half, 'seeds': values}
+        row['steps'] = seed_reports[0]['step']
+        summary[name] = row
+    return summary
+
+
+def markdown(args, summary, votes):
+    titles = [title for _, _, title in COLUMNS]
+    lines = [f'| model | steps | {" | ".join(titles)} |', '|---|---|' + '---|' * len(titles)]
+    for name, row in summary.items():
+        cells = [f'{row[t]["mean"]:.2f} ± {row[t]["ci95"]:.2f}' if t in row else '' for t in titles]
+        lines.append(f'| {name} | {row["steps"]} | ' + ' | '.join(cells) + ' |')
+    lines += ['', f'{args.dataset}, preset {args.preset}, {args.seeds} seeds: mean ± half-width of the 95% '
+              'Student-t interval over seeds. InfoM/InfoE/InfoC: the paper protocol (the QLAE tables); '
+              '"(sa)": the standalone protocol. FactorVAE/BetaVAE: '
+              + (f'{votes} train votes (disentanglement_lib: 10,000), half as many evaluation votes.'
+                 if votes else "disentanglement_lib's vote counts.")]
+    return '\n'.join(lines) + '\n'
+
+
+def figures(args, reports, prefix):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, seed_reports in reports.items():
+        points = [(r['metrics']['infomec_paper']['infom'], r['metrics']['infomec_paper']['infoe']) for r in seed_reports]
+        ax.scatter(*zip(*points), label=name, s=30)
+    ax.set_xlabel('InfoM (paper protocol)')
+    ax.set_ylabel('InfoE (paper protocol)')
+    ax.set_title(f'{args.dataset}, {args.preset}: one point per seed')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='best')
+    fig.tight_layout()
+    fig.savefig(prefix + '_infom_infoe.png', dpi=110)
+    plt.close(fig)
+
+    names = list(reports)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        first = reports[name][0]
+        nmi = np.asarray(first['metrics']['infomec_paper']['nmi']).T  # stored (sources, latents)
+        ax.imshow(nmi, vmin=0, vmax=1, cmap='viridis', aspect='auto')
+        ax.set_title(f'{name}, seed 0', fontsize=9)
+        ax.set_xticks(range(nmi.shape[1]), [n[:10] for n in first['factor_names']], rotation=60, fontsize=7)
+        ax.set_yticks(range(nmi.shape[0]), [f'z{i}' for i in range(nmi.shape[0])], fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis('off')
+    fig.suptitle('NMI between latents (rows) and sources (columns), paper protocol')
+    fig.tight_layout()
+    fig.savefig(prefix + '_nmi.png', dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    table_dir = os.path.join(args.out, f'{args.dataset}_{args.preset}')
+    os.makedirs(table_dir, exist_ok=True)
+    reports = {}
+    for name in args.rows:
+        paths = train_and_evaluate(args, name, table_dir)
+        reports[name] = []
+        for path in paths:
+            with open(path) as f:
+                reports[name].append(json.load(f))
+    summary = summarize(args, reports)
+    prefix = os.path.join(args.out, f'{args.dataset}_{args.preset}')
+    with open(prefix + '.json', 'w') as f:
+        json.dump({'dataset': args.dataset, 'preset': args.preset, 'seeds': args.seeds, 'rows': summary}, f, indent=1)
+    votes = PRESETS[args.preset]['votes']
+    with open(prefix + '.md', 'w') as f:
+        f.write(markdown(args, summary, votes))
+    figures(args, reports, prefix)
+    if 'qlae' in reports:  # the traversals of the QLAE seed with the highest InfoM + InfoE + InfoC
+        best = max(reports['qlae'], key=lambda r: sum(r['metrics']['infomec_paper'][k] for k in ('infom', 'infoe', 'infoc')))
+        source = os.path.join(args.runs, f'{args.dataset}_{args.preset}', 'qlae', f'seed_{best["seed"]}', 'traversals.png')
+        if os.path.exists(source):
+            shutil.copy(source, prefix + '_qlae_traversals.png')
+    print(open(prefix + '.md').read())
+    print(f'wrote {prefix}.json, {prefix}.md and the figures beside them')
+
+
+if __name__ == '__main__':
+    main()

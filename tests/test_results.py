@@ -1,0 +1,50 @@
+"""results/run.py: the interval, the table from per-seed JSON, and that a rerun redoes nothing finished."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, 'results'))
+import run as results  # noqa: E402
+
+
+def test_interval_is_the_student_t_half_width():
+    mean, half = results.interval([1.0, 2.0, 3.0])
+    # t(0.975, 2 degrees of freedom) = 4.302653; sd = 1
+    assert mean == 2.0 and half == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)
+
+
+def fake_report(row, seed, infom):
+    metrics = {name: {key: 0.5 for _, k2, _ in results.COLUMNS for key in [k2]} for name, _, _ in results.COLUMNS}
+    metrics['infomec_paper'] = {'infom': infom, 'infoe': 0.4, 'infoc': 0.3, 'nmi': np.eye(2, 4).tolist()}
+    return {'row': row, 'seed': seed, 'step': 7, 'metrics': metrics, 'factor_names': ['a', 'b']}
+
+
+def test_finished_seeds_are_not_redone_and_the_table_averages_them(tmp_path):
+    out, runs = tmp_path / 'out', tmp_path / 'runs'
+    table_dir = out / 'toyshapes_tiny'
+    table_dir.mkdir(parents=True)
+    for row, values in (('qlae', (0.6, 0.8)), ('ae', (0.2, 0.4))):
+        for seed, infom in enumerate(values):
+            (table_dir / f'{row}_seed{seed}.json').write_text(json.dumps(fake_report(row, seed, infom)))
+    result = subprocess.run([sys.executable, 'results/run.py', '--preset=tiny', '--models=qlae,ae', '--seeds=2',
+                             f'--runs={runs}', f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '$ ' not in result.stdout and not runs.exists()  # nothing trained or evaluated again
+    summary = json.loads((out / 'toyshapes_tiny.json').read_text())['rows']
+    assert summary['qlae']['InfoM']['mean'] == pytest.approx(0.7) and summary['ae']['InfoM']['mean'] == pytest.approx(0.3)
+    assert summary['qlae']['InfoM']['seeds'] == [0.6, 0.8]
+    table = (out / 'toyshapes_tiny.md').read_text()
+    assert '| qlae | 7 | 0.70 ± ' in table and '| ae | 7 | 0.30 ± ' in table
+    assert (out / 'toyshapes_tiny_infom_infoe.png').exists() and (out / 'toyshapes_tiny_nmi.png').exists()
+
+
+def test_unknown_preset_or_model_is_one_error_line():
+    for args in (['--preset=huge'], ['--models=qlae,nope']):
+        result = subprocess.run([sys.executable, 'results/run.py', *args], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count('\n') == 1 and result.stderr.startswith('error:')
