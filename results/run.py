@@ -38,7 +38,7 @@ MODELS = (
 # (None: disentanglement_lib's 10,000). The CPU schedule is chosen in README ("Results") from
 # results/schedule.py's curves.
 PRESETS = {
-    'cpu': {'presets': '', 'num_steps': 5000, 'votes': 1000},
+    'cpu': {'presets': '', 'num_steps': 3000, 'votes': 1000},
     'paper': {'presets': ',paper', 'num_steps': None, 'votes': None},
     'tiny': {'presets': ',tiny', 'num_steps': 20, 'votes': 20},
 }
