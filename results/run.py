@@ -78,8 +78,10 @@ def parse_args(argv=None):
 def run(command):
     print('$ ' + ' '.join(command), flush=True)
     code = subprocess.call(command, cwd=ROOT)
-    if code != 0:
-        sys.exit(f'error: exit {code} from: {" ".join(command)} (rerun this script to resume)')
+    if code != 0:  # the command printed its own error line; say which step stopped, keep its exit status
+        print(f'results/run.py stopped: exit {code} from the command above (rerun this script to resume)',
+              file=sys.stderr, flush=True)
+        sys.exit(code)
 
 
 def train_and_evaluate(args, name, table_dir):
