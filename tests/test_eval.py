@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import eval as evaluation
+import plots
 from cli import UserError
 from tests.conftest import ROOT
 
@@ -306,14 +307,14 @@ def test_curves_overlay_runs_and_the_seeds_of_a_parent(tmp_path):
     write_log(tmp_path / 'qlae', 1.0)
     write_log(tmp_path / 'seeds' / 'seed_0', 2.0)
     write_log(tmp_path / 'seeds' / 'seed_1', 3.0)
-    runs = evaluation.read_runs([str(tmp_path / 'qlae'), str(tmp_path / 'seeds')])
+    runs = plots.read_runs([str(tmp_path / 'qlae'), str(tmp_path / 'seeds')])
     labels = [os.path.join(str(tmp_path), p) for p in ('qlae', 'seeds/seed_0', 'seeds/seed_1')]
     assert list(runs) == labels and all(len(r) == 8 for r in runs.values())
-    series = evaluation.curve_series(runs)
+    series = plots.curve_series(runs)
     assert list(series) == ['eval/infom', 'eval/infoe', 'eval/infoc', 'eval/infom_paper', 'eval/psnr',
                             'train/loss', 'train/bce']
     assert series['eval/psnr'][labels[1]] == ([0, 10, 20, 30], [20.0, 30.0, 40.0, 50.0])
-    fig = evaluation.plot_curves(runs, str(tmp_path / 'curves.png'))
+    fig = plots.plot_curves(runs, str(tmp_path / 'curves.png'))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ['eval/infom', 'eval/infoe', 'eval/infoc', 'eval/infom_paper', 'eval/psnr (dB)',
                       'train/loss', 'train/bce']
@@ -345,7 +346,7 @@ def test_nmi_heatmap_prints_each_value_and_marks_inactive_latents_red(tmp_path):
     nmi = np.array([[0.123, 0.5, 0.999], [0.0, 0.456, 0.004]])
     scores = {'nmi': nmi, 'active': np.array([True, False, True]), 'infom': 0.5, 'infoe': 0.4, 'infoc': 0.3,
               'protocol': 'standalone'}
-    fig = evaluation.plot_nmi(scores, ('shape', 'scale'), str(tmp_path / 'nmi.png'))
+    fig = plots.plot_nmi(scores, ('shape', 'scale'), str(tmp_path / 'nmi.png'))
     ax = fig.axes[0]
     cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert cells == {(j, i): f'{nmi[j, i]:.2f}' for j in range(2) for i in range(3)}
@@ -376,14 +377,14 @@ def test_traversals_include_and_mark_the_original_code_and_label_values(tmp_path
         assert values[i][originals[i]] == latents[0, i]  # the image's own value, in order among the sweep
         assert np.all(np.diff(values[i]) > 0)
         np.testing.assert_array_equal(images[i, originals[i], 0, 0], latents[0])  # unperturbed
-    labels = [[evaluation.value_label(v) for v in row] for row in values]
-    fig = evaluation.image_grid(images, str(tmp_path / 't.png'), ['z0', 'z1', 'z2'], labels, originals)
+    labels = [[plots.value_label(v) for v in row] for row in values]
+    fig = plots.image_grid(images, str(tmp_path / 't.png'), ['z0', 'z1', 'z2'], labels, originals)
     axes = np.array(fig.axes).reshape(3, 11)
     assert [[ax.get_title() for ax in row] for row in axes] == labels
     red = to_rgba('red')
     assert [[to_rgba(ax.spines['top'].get_edgecolor()) == red for ax in row] for row in axes] == \
         [[c == originals[r] for c in range(11)] for r in range(3)]
-    assert evaluation.value_label(3.0) == '3' and evaluation.value_label(-0.43512) == '-0.435'
+    assert plots.value_label(3.0) == '3' and plots.value_label(-0.43512) == '-0.435'
 
 
 def test_summary_marks_the_original_code_in_its_traversal_panel(tmp_path):
@@ -391,8 +392,8 @@ def test_summary_marks_the_original_code_in_its_traversal_panel(tmp_path):
     latents = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     traversals = evaluation.traversal_grid(Paint, None, None, latents)
     results = {'mig': {'mig': 0.5}, 'reconstruction': {'psnr': 21.5}}
-    fig = evaluation.plot_summary('t', results, ('a', 'b'), traversals, np.ones((2, 8, 1, 1, 3)),
-                                  str(tmp_path / 's.png'))
+    fig = plots.plot_summary('t', results, evaluation.headline_scores(results), ('a', 'b'), traversals,
+                             np.ones((2, 8, 1, 1, 3)), str(tmp_path / 's.png'))
     panel = next(ax for ax in fig.axes if ax.get_title().startswith('traversals'))
     assert sum(isinstance(p, Rectangle) for p in panel.patches) == 4
     assert [t.get_text() for t in panel.get_yticklabels()] == ['z0', 'z1', 'z2', 'z3']
