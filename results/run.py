@@ -190,7 +190,7 @@ def figures(args, reports, prefix):
         ax.set_yticks(range(nmi.shape[0]), [f'z{i}' for i in range(nmi.shape[0])], fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis('off')
-    fig.suptitle('NMI between latents (rows) and sources (columns), paper protocol')
+    fig.suptitle('NMI (rows: latents, columns: sources), paper protocol', fontsize=9)
     fig.tight_layout()
     fig.savefig(prefix + '_nmi.png', dpi=100)
     plt.close(fig)
