@@ -258,3 +258,43 @@ def test_train_py_splits_the_cpu_and_matches_one_device(tmp_path):
     one_device = train.train(config, str(tmp_path / 'one'))
     assert jax.device_count() == 1
     assert_trees_close(rundir.restore_latest(str(tmp_path / 'cli'), one_device, 'qlae'), one_device, atol=1e-4)
+
+
+LAGGING_DEVICE = '''
+import sys, time
+import jax, jax.numpy as jnp
+from jax.experimental import io_callback
+from jax.sharding import PartitionSpec
+import engine
+from configs import qlae as qlae_config
+
+config = qlae_config.get_config('toyshapes,tiny')
+config.cpu_devices = 2
+engine.split_cpu(config)
+
+def late(x):
+    if x[0] == 0:  # device 0 reaches the psum this long after device 1, as on a machine busy with other jobs
+        time.sleep(float(sys.argv[1]))
+    return x
+
+def body(x):
+    return jax.lax.psum(io_callback(late, jax.ShapeDtypeStruct(x.shape, x.dtype), x), 'data')
+
+f = jax.jit(jax.shard_map(body, mesh=engine.data_mesh(), in_specs=PartitionSpec('data'), out_specs=PartitionSpec()))
+print('sum', int(f(jnp.arange(2, dtype=jnp.int32))[0]))
+'''
+
+
+def test_a_device_late_to_a_collective_on_a_busy_cpu_does_not_abort_the_run():
+    """XLA:CPU's defaults abort a process when one virtual device reaches a collective about 60 s after
+    the other (20 s to warn, 40 more to terminate); a results run died so, sharing 2 cores with two other
+    runs. split_cpu makes the wait a day, and keeps a value the user put in XLA_FLAGS."""
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    run = subprocess.run([sys.executable, '-c', LAGGING_DEVICE, '65'], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and 'sum 1' in run.stdout, run.stderr[-2000:]
+    env['XLA_FLAGS'] = ('--xla_cpu_collective_call_warn_stuck_timeout_seconds=1 '
+                        '--xla_cpu_collective_call_terminate_timeout_seconds=1')
+    run = subprocess.run([sys.executable, '-c', LAGGING_DEVICE, '5'], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and 'Termination timeout' in run.stderr
