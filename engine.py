@@ -75,7 +75,6 @@ def split_cpu(config):
     over GPUs: XLA:CPU runs one device's small convolutions and fusions with cores idle, and separate
     devices run side by side (README "Speed" has bench.py's numbers). Call it before JAX's first
     computation; it changes only JAX's CPU backend, so a GPU or TPU run is as before."""
-    patient_cpu_collectives()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     count = cpu_device_count(config, cores)
     if count is None:
@@ -84,22 +83,6 @@ def split_cpu(config):
         jax.config.update('jax_num_cpu_devices', count)
     except RuntimeError:  # JAX already ran something in this process (train.train() from Python)
         print(f'note: cpu_devices={config.cpu_devices} not applied: JAX was already initialised', flush=True)
-
-
-# XLA:CPU aborts the process ("Termination timeout ... exceeded") when one virtual device reaches a
-# collective 40 s after the others. The devices share the process's cores, so on a busy machine one can
-# lag that long without anything being wrong; wait a day instead, and warn only after ten minutes.
-CPU_COLLECTIVE_FLAGS = {'xla_cpu_collective_call_terminate_timeout_seconds': 86_400,
-                        'xla_cpu_collective_call_warn_stuck_timeout_seconds': 600}
-
-
-def patient_cpu_collectives():
-    """Add CPU_COLLECTIVE_FLAGS to XLA_FLAGS, keeping any value the user set. XLA reads XLA_FLAGS when
-    the backend starts, so this must run before JAX's first computation (split_cpu calls it)."""
-    flags = os.environ.get('XLA_FLAGS', '')
-    extra = [f'--{name}={value}' for name, value in CPU_COLLECTIVE_FLAGS.items() if name not in flags]
-    if extra:
-        os.environ['XLA_FLAGS'] = ' '.join([flags, *extra]).strip()
 
 
 def data_mesh(devices=None):
