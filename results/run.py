@@ -61,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument('--num_steps', type=int, default=0, help="override the preset's training steps")
     parser.add_argument('--runs', default=os.path.join(ROOT, 'runs', 'results'), help='where the runs train')
     parser.add_argument('--out', default=os.path.join(ROOT, 'results'), help='where the JSON, table, figures go')
+    parser.add_argument('--cpu_devices', type=int, default=None,
+                        help="train.py's config.cpu_devices for the runs it starts (default: train.py's, one per core)")
     parser.add_argument('--commit', action='store_true', help='git-commit each per-seed JSON as it lands')
     args = parser.parse_args(argv)
     rows = {name: (config, extra) for name, config, extra in MODELS}
@@ -70,6 +72,8 @@ def parse_args(argv=None):
     unknown = [m for m in args.rows if m not in rows]
     if unknown:
         parser.exit(2, f'error: --models: unknown {", ".join(unknown)}; accepted: {", ".join(rows)}\n')
+    if args.cpu_devices is not None and args.cpu_devices < 0:
+        parser.exit(2, f'error: --cpu_devices={args.cpu_devices}: accepted: an integer >= 0 (0: one per core)\n')
     if args.seeds < 2:
         parser.exit(2, f'error: --seeds={args.seeds}: an interval needs at least 2 seeds\n')
     return args
@@ -95,6 +99,8 @@ def train_and_evaluate(args, name, table_dir):
     num_steps = args.num_steps or preset['num_steps']
     command = [sys.executable, 'train.py', f'--config=configs/{config}.py:{args.dataset}{preset["presets"]}',
                f'--config.num_seeds={args.seeds}', f'--workdir={workdir}', *extra]
+    if args.cpu_devices is not None:
+        command.append(f'--config.cpu_devices={args.cpu_devices}')
     if num_steps:  # evaluate (InfoMEC, PSNR) only at the end: eval.py scores the seeds next
         command += [f'--config.num_steps={num_steps}', f'--config.eval_every={num_steps}']
     run(command)

@@ -45,6 +45,22 @@ def test_finished_seeds_are_not_redone_and_the_table_averages_them(tmp_path):
 
 
 def test_unknown_preset_or_model_is_one_error_line():
-    for args in (['--preset=huge'], ['--models=qlae,nope']):
+    for args in (['--preset=huge'], ['--models=qlae,nope'], ['--cpu_devices=-1']):
         result = subprocess.run([sys.executable, 'results/run.py', *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.count('\n') == 1 and result.stderr.startswith('error:')
+
+
+def test_cpu_devices_reaches_the_training_command(tmp_path, monkeypatch):
+    commands = []
+
+    def first_command_only(command):
+        commands.append(command)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(results, 'run', first_command_only)
+    for flag, expected in (([], None), (['--cpu_devices=1'], '--config.cpu_devices=1')):
+        args = results.parse_args(['--preset=tiny', '--models=qlae', f'--runs={tmp_path}', f'--out={tmp_path}', *flag])
+        with pytest.raises(SystemExit):
+            results.train_and_evaluate(args, 'qlae', str(tmp_path))
+        chosen = [c for c in commands[-1] if c.startswith('--config.cpu_devices')]
+        assert chosen == ([expected] if expected else [])
