@@ -12,6 +12,8 @@ metric. What comes out, under results/:
   <dataset>_<preset>_infom_infoe.png, _nmi.png, _traversals.png   the figures beside the table
 Rerunning skips the seeds whose JSON exists, resumes unfinished training (train.py resumes by itself)
 and evaluates what is missing, so the work survives a stop; `--commit` commits each JSON as it lands.
+`--models` chooses the rows to train; the table and figures always cover every row whose seeds have
+all their JSON, so running one row again never drops the others from the table.
 """
 import argparse
 import json
@@ -55,8 +57,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset', default='toyshapes')
     parser.add_argument('--preset', default='cpu', help=f'one of {", ".join(PRESETS)}')
-    parser.add_argument('--models', default='', help='comma list of row names (default: all): '
-                        + ', '.join(name for name, _, _ in MODELS))
+    parser.add_argument('--models', default='', help='comma list of the rows to train and evaluate (default: all): '
+                        + ', '.join(name for name, _, _ in MODELS) + '; the table has every finished row')
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--num_steps', type=int, default=0, help="override the preset's training steps")
     parser.add_argument('--runs', default=os.path.join(ROOT, 'runs', 'results'), help='where the runs train')
@@ -206,13 +208,18 @@ def main(argv=None):
     args = parse_args(argv)
     table_dir = os.path.join(args.out, f'{args.dataset}_{args.preset}')
     os.makedirs(table_dir, exist_ok=True)
-    reports = {}
     for name in args.rows:
-        paths = train_and_evaluate(args, name, table_dir)
-        reports[name] = []
-        for path in paths:
-            with open(path) as f:
-                reports[name].append(json.load(f))
+        train_and_evaluate(args, name, table_dir)
+    # The table covers every row whose seeds all have their JSON, not only the rows --models trained now:
+    # a rerun for one row must not drop the finished others from the committed table.
+    reports = {}
+    for name, _, _ in MODELS:
+        paths = [os.path.join(table_dir, f'{name}_seed{s}.json') for s in range(args.seeds)]
+        if all(os.path.exists(p) for p in paths):
+            reports[name] = []
+            for path in paths:
+                with open(path) as f:
+                    reports[name].append(json.load(f))
     summary = summarize(args, reports)
     prefix = os.path.join(args.out, f'{args.dataset}_{args.preset}')
     with open(prefix + '.json', 'w') as f:

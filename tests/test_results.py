@@ -44,6 +44,22 @@ def test_finished_seeds_are_not_redone_and_the_table_averages_them(tmp_path):
     assert (out / 'toyshapes_tiny_infom_infoe.png').exists() and (out / 'toyshapes_tiny_nmi.png').exists()
 
 
+def test_a_run_of_one_row_keeps_every_finished_row_in_the_table(tmp_path):
+    out, runs = tmp_path / 'out', tmp_path / 'runs'
+    table_dir = out / 'toyshapes_tiny'
+    table_dir.mkdir(parents=True)
+    for row, seeds in (('ae', 2), ('qlae', 2), ('vae', 1)):  # vae unfinished: one of its two seeds
+        for seed in range(seeds):
+            (table_dir / f'{row}_seed{seed}.json').write_text(json.dumps(fake_report(row, seed, 0.5)))
+    result = subprocess.run([sys.executable, 'results/run.py', '--preset=tiny', '--models=ae', '--seeds=2',
+                             f'--runs={runs}', f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '$ ' not in result.stdout  # ae was finished: nothing trained
+    assert list(json.loads((out / 'toyshapes_tiny.json').read_text())['rows']) == ['qlae', 'ae']  # MODELS' order
+    table = (out / 'toyshapes_tiny.md').read_text()
+    assert '| qlae | 7 |' in table and '| ae | 7 |' in table and '| vae |' not in table
+
+
 def test_unknown_preset_or_model_is_one_error_line():
     for args in (['--preset=huge'], ['--models=qlae,nope'], ['--cpu_devices=-1']):
         result = subprocess.run([sys.executable, 'results/run.py', *args], cwd=ROOT, capture_output=True, text=True)
