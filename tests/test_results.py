@@ -80,3 +80,23 @@ def test_cpu_devices_reaches_the_training_command(tmp_path, monkeypatch):
             results.train_and_evaluate(args, 'qlae', str(tmp_path))
         chosen = [c for c in commands[-1] if c.startswith('--config.cpu_devices')]
         assert chosen == ([expected] if expected else [])
+
+
+def test_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
+    """README's results table must be the one results/run.py writes from the committed per-seed JSON."""
+    committed = os.path.join(ROOT, 'results', 'toyshapes_cpu')
+    table_dir = tmp_path / 'out' / 'toyshapes_cpu'
+    table_dir.mkdir(parents=True)
+    for name in os.listdir(committed):
+        (table_dir / name).write_bytes(open(os.path.join(committed, name), 'rb').read())
+    result = subprocess.run([sys.executable, 'results/run.py', '--dataset=toyshapes', '--preset=cpu',
+                             f'--runs={tmp_path / "runs"}', f'--out={tmp_path / "out"}'],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert '$ ' not in result.stdout  # every row finished: nothing trained
+    table = (tmp_path / 'out' / 'toyshapes_cpu.md').read_text()
+    assert table == open(os.path.join(ROOT, 'results', 'toyshapes_cpu.md')).read()
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    rows = [line for line in table.splitlines() if line.startswith('|')]
+    assert len(rows) == 2 + len(results.MODELS) and all(row + '\n' in readme for row in rows)
