@@ -90,11 +90,15 @@ def run(command):
         sys.exit(code)
 
 
+def seed_paths(args, name, table_dir):
+    return [os.path.join(table_dir, f'{name}_seed{s}.json') for s in range(args.seeds)]
+
+
 def train_and_evaluate(args, name, table_dir):
     """Train `name`'s seeds if any seed lacks its JSON, then evaluate each such seed; returns the JSON paths."""
     config, extra = dict((n, (c, e)) for n, c, e in MODELS)[name]
     preset = PRESETS[args.preset]
-    paths = [os.path.join(table_dir, f'{name}_seed{s}.json') for s in range(args.seeds)]
+    paths = seed_paths(args, name, table_dir)
     if all(os.path.exists(p) for p in paths):
         return paths
     workdir = os.path.join(args.runs, f'{args.dataset}_{args.preset}', name)
@@ -210,11 +214,9 @@ def main(argv=None):
     os.makedirs(table_dir, exist_ok=True)
     for name in args.rows:
         train_and_evaluate(args, name, table_dir)
-    # The table covers every row whose seeds all have their JSON, not only the rows --models trained now:
-    # a rerun for one row must not drop the finished others from the committed table.
-    reports = {}
+    reports = {}  # every finished row, not only those trained now (the docstring says why)
     for name, _, _ in MODELS:
-        paths = [os.path.join(table_dir, f'{name}_seed{s}.json') for s in range(args.seeds)]
+        paths = seed_paths(args, name, table_dir)
         if all(os.path.exists(p) for p in paths):
             reports[name] = []
             for path in paths:

@@ -1,6 +1,7 @@
 """results/run.py: the interval, the table from per-seed JSON, and that a rerun redoes nothing finished."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -84,11 +85,7 @@ def test_cpu_devices_reaches_the_training_command(tmp_path, monkeypatch):
 
 def test_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
     """README's results table must be the one results/run.py writes from the committed per-seed JSON."""
-    committed = os.path.join(ROOT, 'results', 'toyshapes_cpu')
-    table_dir = tmp_path / 'out' / 'toyshapes_cpu'
-    table_dir.mkdir(parents=True)
-    for name in os.listdir(committed):
-        (table_dir / name).write_bytes(open(os.path.join(committed, name), 'rb').read())
+    shutil.copytree(os.path.join(ROOT, 'results', 'toyshapes_cpu'), tmp_path / 'out' / 'toyshapes_cpu')
     result = subprocess.run([sys.executable, 'results/run.py', '--dataset=toyshapes', '--preset=cpu',
                              f'--runs={tmp_path / "runs"}', f'--out={tmp_path / "out"}'],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
