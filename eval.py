@@ -55,6 +55,11 @@ HEADLINE = {'infomec': ('infom', 'infoe', 'infoc'), 'infomec_paper': ('infom', '
             'modularity': ('modularity', 'explicitness_test'), 'factor_vae': ('score',), 'beta_vae': ('score',),
             'reconstruction': ('psnr',)}
 PROTOCOL_SUFFIX = {'standalone': '', 'paper': '_paper'}  # eval/infom and eval/infom_paper in metrics.jsonl
+# Per-factor capture (eval/captured, eval/nmi_<factor>) reads this protocol's NMI matrix: for discrete
+# latents the two protocols' NMI agree; for continuous ones the standalone kNN (10 neighbours,
+# standardized latents) is the steadier estimate.
+CAPTURE_PROTOCOL = 'standalone'
+CAPTURE_RESULT = 'infomec' + PROTOCOL_SUFFIX[CAPTURE_PROTOCOL]  # its name in eval.json
 # A warning when InfoE's in-sample bias (metrics.infomec.infoe_chance: what latents carrying no
 # information would score) reaches this; README "Reading InfoMEC".
 INFOE_CHANCE_WARNING = 0.05
@@ -143,7 +148,8 @@ def infoe_warning(result, num_samples):
 
 def scores_during_training(model, model_config, state, dataset, eval_set):
     """What train.py logs at an evaluation (eval/<key> in metrics.jsonl): InfoM, InfoE, InfoC in the
-    standalone protocol ('infom', ...) and in the paper's ('infom_paper', ...), and 'psnr' (dB).
+    standalone protocol ('infom', ...) and in the paper's ('infom_paper', ...), 'psnr' (dB), and the
+    per-factor capture of the standalone NMI ('captured', 'nmi_<factor>'; capture_scores).
 
     Both protocols, as the authors' training scripts logged the paper's: for discrete latents both
     are cheap; for continuous ones each adds one kNN estimate per (latent, source) pair. At step 0
@@ -152,15 +158,24 @@ def scores_during_training(model, model_config, state, dataset, eval_set):
     latents, psnr = encode_all(model, model_config, jax.device_put(state), dataset, indices, reconstruct=True,
                                label='encoding the evaluation set')
     from metrics import infomec  # here, not at the top: scikit-learn takes seconds to import
-    scores = {}
+    scores, capture = {}, {}
     for protocol, suffix in PROTOCOL_SUFFIX.items():
         result = infomec.infomec(sources, latents, model.is_discrete(model_config), protocol=protocol)
         scores.update({f'{k}{suffix}': float(result[k]) for k in ('infom', 'infoe', 'infoc')})
+        if protocol == CAPTURE_PROTOCOL:
+            capture = capture_scores(result, dataset.factor_names)
         warning = infoe_warning(result, len(indices)) if int(state['step']) == 0 else None
         if warning:
             print(warning, flush=True)
     scores['psnr'] = float(psnr.mean())
-    return scores
+    return {**scores, **capture}
+
+
+def capture_scores(result, factor_names):
+    """{'captured': factors whose best latent's NMI >= 0.5, 'nmi_<factor>': that best NMI per factor}
+    from an infomec result (metrics.infomec.factor_capture)."""
+    return {'captured': int(result['factors_captured']),
+            **{f'nmi_{name}': float(v) for name, v in zip(factor_names, result['best_nmi'])}}
 
 
 # ================================================================================================
@@ -286,7 +301,7 @@ def traversal_grid(model, model_config, state, latents, num=10):
     return np.stack(rows), sweeps, originals
 
 
-def print_table(results, seconds, kept=()):
+def print_table(results, seconds, kept=(), factor_names=()):
     print(f'  {"metric":<14} {"score":<24} {"value":>7} {"seconds":>8}')
     for name in REPORTED:
         if name not in results:
@@ -297,6 +312,11 @@ def print_table(results, seconds, kept=()):
             note = '  (kept)' if k == 0 and name in kept else ''
             print(f'  {name if k == 0 else "":<14} {key + unit:<24} {float(results[name][key]):7.3f} {time_text}{note}'
                   .rstrip())
+        if name == CAPTURE_RESULT and 'best_nmi' in results[name]:  # absent from an older eval.json
+            best = results[name]['best_nmi']
+            print(f'  {"":<14} {"factors captured":<24} {results[name]["factors_captured"]:>3d}/{len(best)}')
+            for factor, value in zip(factor_names or [f'source {j}' for j in range(len(best))], best):
+                print(f'  {"":<14} {"  best NMI " + factor:<24} {float(value):7.3f}')
         if 'images_per_s' in results[name]:
             print(f'  {"":<14} {"images/s (encode path)":<24} {results[name]["images_per_s"]:7.0f}')
     for k, (key, value) in enumerate(results.get('extra_eval', {}).items()):
@@ -377,7 +397,7 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
     # Everything computed is shown before anything is written: a workdir that cannot be written loses nothing shown.
     title = f'{config.model_name} on {config.dataset}, step {step}, {len(indices)} samples'
     print(title + ':')
-    print_table(results, seconds, kept)
+    print_table(results, seconds, kept, dataset.factor_names)
     if kept:
         print(f'  (kept: from the earlier eval.py of this checkpoint: {", ".join(kept)})')
     for name in ('infomec', 'infomec_paper'):

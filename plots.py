@@ -93,6 +93,12 @@ def mosaic(grid):
     return padded.transpose(0, 2, 1, 3, 4).reshape(rows * (h + 1), cols * (w + 1), c)
 
 
+def capture_labels(scores, factor_names):
+    """Each factor's name with its best latent's NMI, 'scale (0.42)', where the scores have it."""
+    best = scores.get('best_nmi')
+    return list(factor_names) if best is None else [f'{n} ({v:.2f})' for n, v in zip(factor_names, best)]
+
+
 def plot_summary(title, results, headline, factor_names, traversals, reconstructions, path):
     """One page: NMI heatmap, bar chart of the headline scores ({'mig.mig': 0.3, ...}), traversals,
     reconstructions. traversals: eval.traversal_grid's (images, values, originals). Returns the figure."""
@@ -109,12 +115,15 @@ def plot_summary(title, results, headline, factor_names, traversals, reconstruct
         for (j, i), value in np.ndenumerate(nmi):
             ax.text(i, j, f'{value:.2f}', ha='center', va='center', fontsize=6,
                     color='black' if value > 0.6 else 'white')
-        ax.set_yticks(range(len(factor_names)), factor_names, fontsize=8)
+        ax.set_yticks(range(len(factor_names)), capture_labels(results['infomec'], factor_names), fontsize=8)
         ax.set_xticks(range(nmi.shape[1]), [f'z{i}' for i in range(nmi.shape[1])], fontsize=8)
         for label, is_active in zip(ax.get_xticklabels(), active):
             if not is_active:
                 label.set_color(INACTIVE_COLOUR)
-        ax.set_title(f'NMI(latent; source), standalone protocol ({INACTIVE_COLOUR}: inactive latents)')
+        captured = results['infomec'].get('factors_captured')  # absent from an eval.json older than it
+        ax.set_title(f'NMI(latent; source), standalone protocol ({INACTIVE_COLOUR}: inactive latents)'
+                     + (f'\nfactors captured: {captured}/{len(factor_names)} (best latent NMI >= 0.5; in brackets)'
+                        if captured is not None else ''), fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
     else:
         ax.axis('off')

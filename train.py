@@ -229,7 +229,8 @@ def report(config, workdirs, step, kind, per_seed, suffix='', **extra):
         which = f'seed {config.seed + i} | ' if config.num_seeds > 1 else ''
         where, digits = (f'step {step}/{config.num_steps} |', 4) if kind == 'train' else (f'step {step} | eval', 3)
         print(f'{time.strftime("%H:%M:%S", time.localtime(now))} {which}{where} '
-              + ' '.join(f'{k} {v:.{digits}f}' for k, v in scores.items()) + suffix, flush=True)
+              + ' '.join(f'{k} {v}' if isinstance(v, int) else f'{k} {v:.{digits}f}' for k, v in scores.items())
+              + suffix, flush=True)
 
 
 def steps_in_next_call(config, step):

@@ -241,6 +241,18 @@ def infoe(sources, latents, encoding='standardize', *, cross_entropy='log_loss',
 
 # ------------------------------------------------------------------------------------ InfoMEC
 
+# A source counts as captured when some latent holds at least half of its entropy. Not the papers'
+# number: this project's per-factor reading of the NMI matrix, to say which factors a run learned.
+CAPTURE_THRESHOLD = 0.5
+
+
+def factor_capture(nmi, threshold=CAPTURE_THRESHOLD):
+    """Per source, the NMI of its most informative latent (any latent, active or not), and how many
+    sources reach `threshold`: {'best_nmi': (K,) floats, 'factors_captured': int}."""
+    nmi = np.asarray(nmi, dtype=np.float64)
+    best = nmi.max(axis=1) if nmi.shape[1] else np.zeros(nmi.shape[0])
+    return {'best_nmi': best, 'factors_captured': int(np.sum(best >= threshold))}
+
 def infomec(sources, latents, discrete_latents, *, protocol='standalone', estimator=None, num_bins=20,
             prune_fraction=None, n_neighbors=None, infoe_encoding=None, random_state=0, n_jobs=1):
     """InfoM, InfoE and InfoC of latents (N, d) about sources (N, K) (see the module docstring).
@@ -260,7 +272,8 @@ def infomec(sources, latents, discrete_latents, *, protocol='standalone', estima
 
     Returns a dict with 'infom', 'infoe', 'infoc', 'nmi' (K, d), 'active' (d,), 'num_active',
     'infom_gap' (over active latents), 'infoc_gap' (over all latents), 'infoe_regression',
-    'infoe_num_features' and 'infoe_chance' (InfoE's in-sample bias; see infoe_chance), and the
+    'infoe_num_features' and 'infoe_chance' (InfoE's in-sample bias; see infoe_chance),
+    'best_nmi' (K,) and 'factors_captured' (factor_capture), and the
     settings used ('infoe_encoding' resolved to 'onehot' or 'standardize'). Never NaN: the degenerate
     cases are in the module docstring. InfoE is not clipped (a poor fit can make it slightly
     negative), nor is NMI (the kNN estimate can exceed H(s_j) a little).
@@ -302,6 +315,7 @@ def infomec(sources, latents, discrete_latents, *, protocol='standalone', estima
         'infoe_regression': explicitness['infoe_regression'],
         'infoe_num_features': explicitness['infoe_num_features'],
         'infoe_chance': explicitness['infoe_chance'],
+        **factor_capture(nmi),
         'protocol': protocol,
         'estimator': estimator,
         'prune_fraction': float(prune_fraction),

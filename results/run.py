@@ -24,6 +24,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from metrics.infomec import CAPTURE_THRESHOLD, factor_capture  # noqa: E402
 # (row name, config file, overrides): every model of models/, the GAN in both of its variants.
 MODELS = (
     ('qlae', 'qlae', ()),
@@ -142,13 +144,28 @@ def interval(values):
     return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
+def capture(report):
+    """A seed's per-factor capture of the standalone protocol's NMI: {factor: best latent's NMI,
+    'Captured': how many reach CAPTURE_THRESHOLD}, computed from the NMI matrix where the JSON predates
+    eval.py's 'best_nmi'; {} without the matrix."""
+    scores = report['metrics'].get('infomec', {})
+    if 'best_nmi' not in scores and 'nmi' not in scores:
+        return {}
+    found = scores if 'best_nmi' in scores else factor_capture(scores['nmi'])
+    return {'Captured': found['factors_captured'], **dict(zip(report['factor_names'], found['best_nmi']))}
+
+
 def summarize(args, reports):
-    """{row: {column: {'mean', 'ci95', 'seeds': [...]}}} over the rows whose seeds all have JSON."""
+    """{row: {column: {'mean', 'ci95', 'seeds': [...]}}} over the rows whose seeds all have JSON; the
+    columns are COLUMNS' titles, 'Captured' and one per factor (capture)."""
     summary = {}
     for name, seed_reports in reports.items():
         row = {}
-        for result, key, title in COLUMNS:
-            values = [r['metrics'][result][key] for r in seed_reports if key in r['metrics'].get(result, {})]
+        columns = {title: [r['metrics'][result][key] for r in seed_reports if key in r['metrics'].get(result, {})]
+                   for result, key, title in COLUMNS}
+        captures = [capture(r) for r in seed_reports]
+        columns.update({k: [c[k] for c in captures if k in c] for k in captures[0]})
+        for title, values in columns.items():
             if len(values) == len(seed_reports):
                 mean, half = interval(values)
                 row[title] = {'mean': mean, 'ci95': half, 'seeds': values}
@@ -157,17 +174,24 @@ def summarize(args, reports):
     return summary
 
 
-def markdown(args, summary, votes):
-    titles = [title for _, _, title in COLUMNS]
-    lines = [f'| model | steps | {" | ".join(titles)} |', '|---|---|' + '---|' * len(titles)]
-    for name, row in summary.items():
-        cells = [f'{row[t]["mean"]:.2f} ± {row[t]["ci95"]:.2f}' if t in row else '' for t in titles]
-        lines.append(f'| {name} | {row["steps"]} | ' + ' | '.join(cells) + ' |')
+def markdown(args, summary, votes, factor_names=()):
+    def table(titles):
+        lines = [f'| model | steps | {" | ".join(titles)} |', '|---|---|' + '---|' * len(titles)]
+        for name, row in summary.items():
+            cells = [f'{row[t]["mean"]:.2f} ± {row[t]["ci95"]:.2f}' if t in row else '' for t in titles]
+            lines.append(f'| {name} | {row["steps"]} | ' + ' | '.join(cells) + ' |')
+        return lines
+
+    lines = table([title for _, _, title in COLUMNS] + ['Captured'])
     lines += ['', f'{args.dataset}, preset {args.preset}, {args.seeds} seeds: mean ± half-width of the 95% '
               'Student-t interval over seeds. InfoM/InfoE/InfoC: the paper protocol (the QLAE tables); '
               '"(sa)": the standalone protocol. FactorVAE/BetaVAE: '
               + (f'{votes} train votes (disentanglement_lib: 10,000), half as many evaluation votes.'
-                 if votes else "disentanglement_lib's vote counts.")]
+                 if votes else "disentanglement_lib's vote counts.")
+              + f' Captured: factors (of {len(factor_names)}) whose best latent holds NMI >= {CAPTURE_THRESHOLD} '
+              '(standalone protocol), per factor below.']
+    if factor_names:
+        lines += ['', f'Per factor, the NMI of its best latent (standalone protocol):', ''] + table(list(factor_names))
     return '\n'.join(lines) + '\n'
 
 
@@ -228,7 +252,7 @@ def main(argv=None):
         json.dump({'dataset': args.dataset, 'preset': args.preset, 'seeds': args.seeds, 'rows': summary}, f, indent=1)
     votes = PRESETS[args.preset]['votes']
     with open(prefix + '.md', 'w') as f:
-        f.write(markdown(args, summary, votes))
+        f.write(markdown(args, summary, votes, next(iter(reports.values()))[0]['factor_names'] if reports else ()))
     figures(args, reports, prefix)
     if 'qlae' in reports:  # the traversals of the QLAE seed with the highest InfoM + InfoE + InfoC
         best = max(reports['qlae'], key=lambda r: sum(r['metrics']['infomec_paper'][k] for k in ('infom', 'infoe', 'infoc')))

@@ -437,3 +437,21 @@ def test_infoe_warning_names_the_samples_and_features():
     assert warning.startswith('warning: InfoE (standalone protocol)') and '2,000 samples with 120 features' in warning
     assert 'about 0.20' in warning and 'about 8,000' in warning
     assert evaluation.infoe_warning({**result, 'infoe_chance': 0.04}, 2000) is None
+
+
+def test_table_and_summary_show_each_factors_best_nmi_and_the_count_captured(tmp_path, capsys):
+    nmi = np.array([[0.9, 0.1], [0.2, 0.3]])  # factor a captured by z0, b by nobody
+    from metrics.infomec import factor_capture
+    scores = {'infom': 0.5, 'infoe': 0.5, 'infoc': 0.5, 'nmi': nmi, 'active': [True, True], **factor_capture(nmi)}
+    results = {'infomec': scores, 'reconstruction': {'psnr': 20.0}}
+    evaluation.print_table(results, {}, factor_names=('a', 'b'))
+    table = capsys.readouterr().out
+    assert 'factors captured' in table and '  1/2' in table
+    assert 'best NMI a' in table and '0.900' in table and 'best NMI b' in table and '0.300' in table
+    latents = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)  # 3 latents: RGB cells
+    fig = plots.plot_summary('t', results, evaluation.headline_scores(results), ('a', 'b'),
+                             evaluation.traversal_grid(Paint, None, None, latents), np.ones((2, 8, 1, 1, 3)),
+                             str(tmp_path / 's.png'))
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith('NMI'))
+    assert [t.get_text() for t in panel.get_yticklabels()] == ['a (0.90)', 'b (0.30)']
+    assert 'factors captured: 1/2' in panel.get_title()

@@ -274,3 +274,17 @@ def test_explicit_arguments_override_the_protocol():
 def test_unknown_protocol_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         infomec(np.zeros((5, 1)), np.zeros((5, 1)), True, **kwargs)
+
+
+def test_factor_capture_counts_the_sources_some_latent_holds_half_of():
+    """Latent 0 copies source 0, latent 1 copies source 1 with three of its four values merged (so it
+    holds less than half of that source's entropy), sources 2 and 3 have no latent: 1 of 4 captured."""
+    sources = factorial_sources()
+    merged = np.minimum(sources[:, 1], 1)  # values 1, 2, 3 -> 1: I = H(1/4, 3/4) < H(source 1) / 2
+    latents = np.stack([sources[:, 0], merged], axis=1)
+    result = infomec(sources, latents, discrete_latents=True)
+    expected_merged = (-(0.25 * np.log(0.25) + 0.75 * np.log(0.75))) / np.log(4)
+    np.testing.assert_allclose(result["best_nmi"], [1.0, expected_merged, 0.0, 0.0], atol=1e-9)
+    assert result["factors_captured"] == 1
+    with_full_copy = infomec(sources, np.concatenate([latents, sources[:, 1:2]], axis=1), discrete_latents=True)
+    assert with_full_copy["factors_captured"] == 2

@@ -96,4 +96,20 @@ def test_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
     rows = [line for line in table.splitlines() if line.startswith('|')]
-    assert len(rows) == 2 + len(results.MODELS) and all(row + '\n' in readme for row in rows)
+    assert len(rows) == 2 * (2 + len(results.MODELS)) and all(row + "\n" in readme for row in rows)  # two tables
+
+
+def test_schedule_study_counts_images_and_training_time_and_whole_evaluations():
+    import schedule
+    records = [{'step': 0, 'eval/captured': 0, 'eval/nmi_a': 0.1},
+               {'step': 10, 'train/loss': 1.0},                        # after compilation: no rate yet
+               {'step': 20, 'train/loss': 1.0, 'steps_per_s': 2.0},    # 20 steps at 2/s: 10 s
+               {'step': 20, 'eval/captured': 1, 'eval/nmi_a': 0.6},
+               {'step': 40, 'train/loss': 1.0, 'steps_per_s': 4.0},    # 20 more at 4/s: 5 s
+               {'step': 40, 'eval/captured': 1, 'eval/nmi_a': 0.7}]
+    points = schedule.curves(records, batch=8)
+    assert [(images, seconds, e['nmi_a']) for images, seconds, e in points] == [(0, 0, 0.1), (160, 10, 0.6), (320, 15, 0.7)]
+    command = schedule.command('qlae', 'toyshapes', 'b64', images=100_000, eval_images=32_000, cpu_devices=1)
+    flags = dict(a.split('=', 1) for a in command[2:])
+    assert flags['--config.eval_every'] == '500' and flags['--config.num_steps'] == '2000'  # 4 whole evaluations
+    assert flags['--config.batch_size'] == '64' and flags['--config.cpu_devices'] == '1'

@@ -51,7 +51,9 @@ def test_training_log_holds_both_protocols_and_psnr(finished_run):
     records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
     logged = next(r for r in records if r['step'] == 20 and 'eval/infom' in r)
     keys = [f'eval/{k}{s}' for s in ('', '_paper') for k in ('infom', 'infoe', 'infoc')] + ['eval/psnr']
-    assert sorted(k for k in logged if k.startswith('eval/')) == sorted(keys)
+    capture = ['eval/captured'] + [f'eval/nmi_{name}' for name in
+                                   ('floor_hue', 'wall_hue', 'object_hue', 'scale', 'shape', 'orientation')]
+    assert sorted(k for k in logged if k.startswith('eval/')) == sorted(keys + capture)
     # The logged numbers are those of the final state, in each protocol.
     config, model, model_config, dataset, _ = rundir.load_run(workdir)
     indices, sources = evaluation.evaluation_set(config, dataset)
@@ -59,6 +61,10 @@ def test_training_log_holds_both_protocols_and_psnr(finished_run):
     assert logged['eval/psnr'] == pytest.approx(float(psnr.mean()), rel=1e-6) and 5 < logged['eval/psnr'] < 60
     paper = infomec.infomec(sources, latents, model.is_discrete(model_config), protocol='paper')
     assert all(logged[f'eval/{k}_paper'] == pytest.approx(paper[k], abs=1e-9) for k in ('infom', 'infoe', 'infoc'))
+    # Per-factor capture: the standalone NMI matrix's best latent per factor, and the count reaching 0.5.
+    nmi = infomec.infomec(sources, latents, model.is_discrete(model_config))['nmi']
+    assert [logged[k] for k in capture[1:]] == pytest.approx(list(nmi.max(axis=1)), abs=1e-12)
+    assert logged['eval/captured'] == int(np.sum(nmi.max(axis=1) >= 0.5))
 
 
 def test_stopped_and_restarted_run_matches_uninterrupted_one(finished_run, tmp_path):
@@ -104,6 +110,8 @@ def test_eval_writes_json_and_figures(finished_run):
     scores = written['metrics']['infomec']
     assert all(0 <= scores[k] <= 1 for k in ('infom', 'infoc'))
     assert np.array(scores['nmi']).shape == (6, 12)
+    assert scores['best_nmi'] == pytest.approx(list(np.max(scores['nmi'], axis=1)))
+    assert scores['factors_captured'] == sum(v >= 0.5 for v in scores['best_nmi'])
     assert report['metrics']['infomec']['infom'] == scores['infom']
     for name in ('summary.png', 'nmi.png', 'traversals.png', 'reconstructions.png', 'curves.png'):
         with open(os.path.join(workdir, name), 'rb') as f:
