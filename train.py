@@ -15,6 +15,7 @@ In this file: the command line, train() and its loop, build_step() (the one comp
 main(). Where a call runs (devices, hosts, seeds, data placement) is engine.py; the run's files are
 rundir.py; evaluation is eval.py.
 """
+import collections
 import contextlib
 import functools
 import glob
@@ -43,6 +44,11 @@ from cli import Diverged, Interrupted, UserError
 
 FLAGS = flags.FLAGS
 DEFAULT_CONFIG = 'configs/qlae.py:toyshapes'
+# Compiled calls dispatched but not finished, at most. JAX dispatches asynchronously, and XLA:CPU lets
+# each device hold 32 calls in flight; past that a multi-device call can wait for a slot on one device
+# while the other waits for it inside their shared all-reduce, and the run hangs (README "Speed"). A
+# few calls ahead keep the devices busy as well as many.
+MAX_CALLS_IN_FLIGHT = 4
 
 
 # ================================================================================================
@@ -154,6 +160,7 @@ def train(config, workdir, overwrite=False):
         if start == 0 and writer:
             report(config, workdirs, 0, 'eval', evaluate(model, model_config, dataset, eval_set, states))
         tick, tick_step, timed = time.time(), start, set()
+        in_flight = collections.deque()  # the newest calls' outputs, to wait for the oldest (MAX_CALLS_IN_FLIGHT)
         while step < config.num_steps:
             num_steps = steps_in_next_call(config, step)
             run = build_step(model, model_config, dataset, config.batch_size, num_steps, config.num_seeds,
@@ -162,6 +169,9 @@ def train(config, workdir, overwrite=False):
                 dataset, data_keys, step, num_steps, config.batch_size, mesh)
             state, metrics = run(state, *keys, np.int32(step), batches)
             step += num_steps
+            in_flight.append(metrics)
+            if len(in_flight) > MAX_CALLS_IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())
             if num_steps not in timed:  # a first call compiles: steps/s and the ETA count from its end
                 timed.add(num_steps)
                 jax.block_until_ready(metrics)

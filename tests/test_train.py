@@ -170,3 +170,34 @@ def test_steps_per_s_start_after_compilation_and_lines_carry_the_wall_clock(tmp_
         assert line.startswith(time.strftime('%H:%M:%S ', time.localtime(record['time']))), line
     done = [line for line in out.splitlines() if line.startswith('done:')]
     assert shlex.split(done[0].split('evaluate with: ')[1].rstrip(')')) == ['python', 'eval.py', f'--workdir={workdir}']
+
+
+def test_the_loop_never_has_more_than_a_few_compiled_calls_in_flight(tmp_path, monkeypatch):
+    """XLA:CPU holds at most 32 calls in flight per device; past that a 2-device call can hang in its
+    all-reduce (README "Speed"). One call per step and 60 steps between logs used to queue 60 calls:
+    each fake call's output here is pending until the loop waits for it, or for a later one."""
+    dispatched, finished, most = [0], [0], [0]
+
+    class Pending:
+        def __init__(self, number):
+            self.number = number
+
+        def block_until_ready(self):
+            finished[0] = max(finished[0], self.number)  # calls run in order: earlier ones are done too
+            return self
+
+        def addressable_data(self, index):
+            self.block_until_ready()
+            return np.float32(0.5)
+
+    def build_step(*args, **kwargs):
+        def run(state, *rest):
+            dispatched[0] += 1
+            most[0] = max(most[0], dispatched[0] - finished[0])
+            return state, {'loss': Pending(dispatched[0])}
+        return run
+
+    monkeypatch.setattr(train, 'build_step', build_step)
+    train.train(tiny_config(num_steps=60, log_every=60, eval_every=60, checkpoint_every=60), str(tmp_path))
+    assert dispatched[0] == 60
+    assert most[0] <= train.MAX_CALLS_IN_FLIGHT + 1 < 32
