@@ -7,7 +7,8 @@ again with the same workdir, a run resumes from its latest checkpoint: batches a
 of (seed, step), so the resumed run sees exactly what an uninterrupted one would have seen.
 
 Exit status (cli.py): 0 done; 2 bad input (one `error:` line; --debug shows the traceback); 3 training
-diverged (non-finite loss or parameter; the last good checkpoint is kept); 128 + signal number after
+diverged (non-finite loss or parameter; the last good checkpoint is kept); 4 stuck (a compiled call did
+not finish in STALL_SECONDS; the checkpoints are intact; one line says how to resume); 128 + signal number after
 SIGINT/SIGTERM, once the current step is checkpointed, or at once after a second one (non-zero so
 `train.py && eval.py` does not evaluate an unfinished run).
 
@@ -49,6 +50,11 @@ DEFAULT_CONFIG = 'configs/qlae.py:toyshapes'
 # while the other waits for it inside their shared all-reduce, and the run hangs (README "Speed"). A
 # few calls ahead keep the devices busy as well as many.
 MAX_CALLS_IN_FLIGHT = 4
+# A compiled call not finished after this long is taken as stuck (the loop waits for a few calls at a
+# time, each a few steps): the watchdog ends the run, exit status 4, with one line. Minutes of margin
+# over a slow CPU's call, so only a hang reaches it.
+STALL_SECONDS = 900.0
+EXIT_STALLED = 4
 
 
 # ================================================================================================
@@ -144,7 +150,8 @@ def train(config, workdir, overwrite=False):
             rundir.move_aside(workdir)
         rundir.make_workdir(workdir)
     with (rundir.lock(workdir) if writer else contextlib.nullcontext(),
-          stop_on_signals(workdir, rundir.seed_workdirs(workdir, config)[0]) as stop):
+          stop_on_signals(workdir, rundir.seed_workdirs(workdir, config)[0]) as stop,
+          contextlib.ExitStack() as cleanup):
         init_keys, train_keys, data_keys = engine.seed_keys(config)
         states = [model.init(key, model_config, dataset.image_shape) for key in init_keys]
         workdirs, states = open_run(workdir, config, states, writer)
@@ -161,6 +168,7 @@ def train(config, workdir, overwrite=False):
             report(config, workdirs, 0, 'eval', evaluate(model, model_config, dataset, eval_set, states))
         tick, tick_step, timed = time.time(), start, set()
         in_flight = collections.deque()  # the newest calls' outputs, to wait for the oldest (MAX_CALLS_IN_FLIGHT)
+        watchdog = cleanup.enter_context(Watchdog(lambda: stuck_message(workdir, workdirs[0])))
         while step < config.num_steps:
             num_steps = steps_in_next_call(config, step)
             run = build_step(model, model_config, dataset, config.batch_size, num_steps, config.num_seeds,
@@ -171,10 +179,10 @@ def train(config, workdir, overwrite=False):
             step += num_steps
             in_flight.append(metrics)
             if len(in_flight) > MAX_CALLS_IN_FLIGHT:
-                jax.block_until_ready(in_flight.popleft())
+                watchdog.wait(in_flight.popleft())
             if num_steps not in timed:  # a first call compiles: steps/s and the ETA count from its end
                 timed.add(num_steps)
-                jax.block_until_ready(metrics)
+                watchdog.wait(metrics)
                 tick, tick_step = time.time(), step
             stopping = bool(stop)  # read once: a signal arriving later in this call waits for the next
             at_log = step % config.log_every == 0 or step == config.num_steps
@@ -182,6 +190,8 @@ def train(config, workdir, overwrite=False):
             at_checkpoint = step % config.checkpoint_every == 0 or step == config.num_steps or stopping
             if not (at_log or at_eval or at_checkpoint):
                 continue
+            watchdog.wait(metrics)  # the state comes from the same call: ready too
+            in_flight.clear()
             # Never log, evaluate or save a non-finite state: every seed's loss terms (and, before an
             # evaluation or checkpoint, its whole state) are checked; a divergence names the seed.
             seed_states = engine.unstack_to_host(state, config.num_seeds) if at_eval or at_checkpoint else None
@@ -206,6 +216,54 @@ def train(config, workdir, overwrite=False):
                 raise Interrupted(stop[0])
     print(f'done: {workdir} (evaluate with: python eval.py --workdir={shlex.quote(workdirs[0])})', flush=True)
     return state
+
+
+class Watchdog:
+    """wait(outputs): jax.block_until_ready(outputs), and if that takes STALL_SECONDS, stalled() ends the
+    process with message(): a hung compiled call never returns control to Python, so a thread must."""
+
+    def __init__(self, message):
+        self.message, self.deadline, self.lock, self.closed = message, None, threading.Lock(), threading.Event()
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed.set()  # the thread ends within a second
+
+    def wait(self, outputs):
+        with self.lock:
+            self.deadline = time.monotonic() + STALL_SECONDS
+        try:
+            jax.block_until_ready(outputs)
+        finally:
+            with self.lock:
+                self.deadline = None
+
+    def watch(self):
+        while not self.closed.wait(min(1.0, STALL_SECONDS / 4)):
+            with self.lock:
+                late = self.deadline is not None and time.monotonic() > self.deadline
+                if late:
+                    self.deadline = None
+            if late:
+                stalled(self.message())
+
+
+def stuck_message(workdir, seed_dir):
+    kept = rundir.list_checkpoints(seed_dir)
+    kept = f'the checkpoint of step {kept[-1]} is intact' if kept else 'no checkpoint was saved yet'
+    return (f'error: a compiled call has not finished in {STALL_SECONDS:.0f} s, so the run is stuck (on a CPU '
+            f'split into devices: a cross-device collective that never completed); {kept}; resume on one CPU '
+            f'device with: {resume_command(workdir)} --config.cpu_devices=1')
+
+
+def stalled(message):
+    """The watchdog's end of a stuck run: one line, exit status EXIT_STALLED, no cleanup (the main
+    thread is inside the hung call; the checkpoints on disk are complete, each written atomically)."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(EXIT_STALLED)
 
 
 def open_run(workdir, config, states, writer):

@@ -143,7 +143,8 @@ def test_steps_per_s_start_after_compilation_and_lines_carry_the_wall_clock(tmp_
     0.5 s. steps/s and the ETA must count only the latter; every line and record carries the time."""
     clock = [1_700_000_000.0]
     monkeypatch.setattr(train, 'time', types.SimpleNamespace(time=lambda: clock[0], localtime=time.localtime,
-                                                             strftime=time.strftime))
+                                                             strftime=time.strftime,
+                                                             monotonic=time.monotonic))  # the watchdog's, real
     build, calls = train.build_step, collections.Counter()
 
     def build_step(model, model_config, dataset, batch_size, num_steps, *rest):
@@ -201,3 +202,39 @@ def test_the_loop_never_has_more_than_a_few_compiled_calls_in_flight(tmp_path, m
     train.train(tiny_config(num_steps=60, log_every=60, eval_every=60, checkpoint_every=60), str(tmp_path))
     assert dispatched[0] == 60
     assert most[0] <= train.MAX_CALLS_IN_FLIGHT + 1 < 32
+
+
+def test_a_call_that_never_finishes_ends_the_run_with_one_line(tmp_path, monkeypatch):
+    """The watchdog: a compiled call stuck past STALL_SECONDS (as a hung all-reduce is) ends the run
+    with a line naming the intact checkpoint and the command that resumes on one CPU device."""
+    import threading
+    released, said = threading.Event(), []
+
+    class Stuck:
+        def block_until_ready(self):
+            assert released.wait(30), 'the watchdog never fired'
+            return self
+
+        def addressable_data(self, index):
+            return np.float32(0.5)
+
+    build = train.build_step
+
+    def build_step(*args, **kwargs):
+        run = build(*args, **kwargs)
+
+        def stuck_after_step_10(state, train_keys, data_keys, step, batches):
+            state, metrics = run(state, train_keys, data_keys, step, batches)
+            return (state, {'loss': Stuck()}) if int(step) >= 10 else (state, metrics)
+        return stuck_after_step_10
+
+    def stalled(message):
+        said.append(message)
+        released.set()  # here the process would end; the test lets the fake call go on instead
+
+    monkeypatch.setattr(train, 'build_step', build_step)
+    monkeypatch.setattr(train, 'STALL_SECONDS', 0.5)
+    monkeypatch.setattr(train, 'stalled', stalled)
+    train.train(tiny_config(cpu_devices=1), str(tmp_path))
+    assert len(said) == 1 and said[0].startswith('error: a compiled call has not finished in 0 s')
+    assert 'the checkpoint of step 10 is intact' in said[0] and said[0].endswith('--config.cpu_devices=1')
