@@ -222,6 +222,9 @@ def bench_training(args):
 
             for mode, (images_per_s, first_call) in measured.items():
                 report(mode, images_per_s, images_per_s / baseline, first_call)
+            default = measured[f'(c) device data, fused K={args.steps_per_call}'][0] / batch_size * flops
+            print(f"  train.py's default path, (c) on {jax.device_count()} device(s): {100 * default / peak:.0f}% "
+                  'of the dense matmul rate measured in this run', flush=True)
             # The CPU split into 1 and 8 devices, each in its own process with its own (a), timed
             # interleaved with it: (c) on one device shows what the split adds; (e) is the 8.
             for count, mode in ((1, '(c) on 1 CPU device'), (8, '(e) (c) on 8 CPU devices')):

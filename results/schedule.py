@@ -34,6 +34,7 @@ RECIPES = {
     'b128': (128, None, {}),
     'b128_lr3e-3': (128, 3e-3, {}),
     'b64_lr3e-3': (64, 3e-3, {}),
+    'b32_lr3e-3': (32, 3e-3, {}),
     'b64_wide': (64, None, WIDE),
     'b64_authors_small': (64, None, AUTHORS_SMALL),
 }
