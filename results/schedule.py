@@ -79,7 +79,7 @@ def curves(records, batch):
             else:
                 pending += r['step'] - last_step
             last_step = r['step']
-        if 'eval/captured' in r:
+        if 'eval/infom' in r:
             points.append((r['step'] * batch, seconds, {k[5:]: v for k, v in r.items() if k.startswith('eval/')}))
     return points
 
@@ -98,11 +98,12 @@ def plot(dataset, path):
                 logs[f'{model} {recipe}'] = points
     if not logs:
         return None
-    factors = [k[4:] for k in next(iter(logs.values()))[0][2] if k.startswith('nmi_')]
+    factors = list(dict.fromkeys(k[4:] for points in logs.values() for k in points[0][2] if k.startswith('nmi_')))
     panels = [('captured', f'factors captured (best NMI >= {CAPTURED})')] + \
-             [(f'nmi_{f}', f'{f}: best latent NMI') for f in factors] + [('psnr', 'PSNR (dB)')]
-    fig, axes = plt.subplots(2, len(panels) // 2 + len(panels) % 2, figsize=(4.2 * (len(panels) + 1) // 2, 7.4),
-                             squeeze=False)
+             [(f'nmi_{f}', f'{f}: best latent NMI') for f in factors] + \
+             [('infom', 'InfoM (standalone)'), ('infoe', 'InfoE (standalone)'), ('psnr', 'PSNR (dB)')]
+    cols = -(-len(panels) // 2)
+    fig, axes = plt.subplots(2, cols, figsize=(3.6 * cols, 7.4), squeeze=False)
     colours = plt.get_cmap('tab20')
     for ax, (key, title) in zip(axes.flat, panels):
         for i, (label, points) in enumerate(logs.items()):
@@ -140,11 +141,15 @@ def summary(dataset):
         if not points:
             continue
         factors = [k[4:] for k in points[0][2] if k.startswith('nmi_')]
+        images, seconds, last = points[-1]
+        if not factors:  # a log from before per-factor capture was logged
+            lines.append(f'{model} {recipe}: {images / 1000:.0f}k images, {seconds / 60:.0f} min: InfoM '
+                         f'{last["infom"]:.2f}, PSNR {last["psnr"]:.1f}; per-factor capture not logged')
+            continue
         first = []
         for f in factors:
             hit = next(((i, s) for i, s, e in points if e[f'nmi_{f}'] >= CAPTURED), None)
             first.append(f'{f} ' + (f'{hit[0] / 1000:.0f}k/{hit[1] / 60:.0f}m' if hit else '-'))
-        images, seconds, last = points[-1]
         lines.append(f'{model} {recipe}: {images / 1000:.0f}k images, {seconds / 60:.0f} min: captured '
                      f'{last["captured"]}/{len(factors)}, PSNR {last["psnr"]:.1f}; first captured: ' + ', '.join(first))
     return lines
@@ -157,7 +162,8 @@ def main():
     parser.add_argument('--dataset', default='toyshapes')
     parser.add_argument('--images', type=int, default=400_000, help='images each run trains on')
     parser.add_argument('--eval_images', type=int, default=32_000, help='images between evaluations')
-    parser.add_argument('--jobs', type=int, default=2, help='runs trained side by side (each on 1 CPU device)')
+    parser.add_argument('--jobs', type=int, default=2, help='runs trained side by side (each on 1 CPU device '
+                        "when more than one; --jobs=1 trains on train.py's default devices)")
     parser.add_argument('--plot_only', action='store_true', help='redraw the figure from the logs, train nothing')
     args = parser.parse_args()
     recipes = [r for r in args.recipes.split(',') if r]

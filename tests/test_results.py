@@ -101,12 +101,12 @@ def test_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
 
 def test_schedule_study_counts_images_and_training_time_and_whole_evaluations():
     import schedule
-    records = [{'step': 0, 'eval/captured': 0, 'eval/nmi_a': 0.1},
+    records = [{'step': 0, 'eval/infom': 0.3, 'eval/captured': 0, 'eval/nmi_a': 0.1},
                {'step': 10, 'train/loss': 1.0},                        # after compilation: no rate yet
                {'step': 20, 'train/loss': 1.0, 'steps_per_s': 2.0},    # 20 steps at 2/s: 10 s
-               {'step': 20, 'eval/captured': 1, 'eval/nmi_a': 0.6},
+               {'step': 20, 'eval/infom': 0.5, 'eval/captured': 1, 'eval/nmi_a': 0.6},
                {'step': 40, 'train/loss': 1.0, 'steps_per_s': 4.0},    # 20 more at 4/s: 5 s
-               {'step': 40, 'eval/captured': 1, 'eval/nmi_a': 0.7}]
+               {'step': 40, 'eval/infom': 0.6, 'eval/captured': 1, 'eval/nmi_a': 0.7}]
     points = schedule.curves(records, batch=8)
     assert [(images, seconds, e['nmi_a']) for images, seconds, e in points] == [(0, 0, 0.1), (160, 10, 0.6), (320, 15, 0.7)]
     command = schedule.command('qlae', 'toyshapes', 'b64', images=100_000, eval_images=32_000, cpu_devices=1)

@@ -45,7 +45,7 @@ def test_default_workdir_differs_whenever_the_config_differs():
                workdir_of('toyshapes', eval_samples=500), workdir_of('toyshapes', model__enc_widths=(8, 8, 16, 16))]
     assert len({main, longer, *changed}) == 6
     assert workdir_of('toyshapes', num_steps=5000, model__weight_decay=0.01) == longer
-    assert workdir_of('toyshapes', num_steps=1500) == main  # the config file's own value: no change
+    assert workdir_of("toyshapes", num_steps=6000) == main  # the config file's own value: no change
     # How a run executes may change between a stop and its resume: it keeps its folder.
     assert workdir_of('toyshapes', steps_per_call=1, cpu_devices=1, data_on_device=False) == main
 
