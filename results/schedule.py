@@ -104,12 +104,12 @@ def plot(dataset, path):
              [('infom', 'InfoM (standalone)'), ('infoe', 'InfoE (standalone)'), ('psnr', 'PSNR (dB)')]
     cols = -(-len(panels) // 2)
     fig, axes = plt.subplots(2, cols, figsize=(3.6 * cols, 7.4), squeeze=False)
-    colours = plt.get_cmap('tab20')
+    colours = plt.get_cmap('tab10')
     for ax, (key, title) in zip(axes.flat, panels):
         for i, (label, points) in enumerate(logs.items()):
             xs = [p[0] / 1000 for p in points if key in p[2]]
             ys = [p[2][key] for p in points if key in p[2]]
-            ax.plot(xs, ys, marker='o', ms=2.5, color=colours(i % 20), ls='-' if label.startswith('qlae') else '--',
+            ax.plot(xs, ys, marker='o', ms=2.5, color=colours(i % 10), ls='-' if label.startswith('qlae') else '--',
                     label=label)
         if key.startswith('nmi_'):
             ax.axhline(CAPTURED, color='grey', lw=0.8, ls=':')
