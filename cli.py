@@ -2,13 +2,20 @@
 
 Exit status: 0 done; 2 a bad input (UserError, a flag that does not parse; one `error:` line on
 stderr, the traceback only with --debug); 3 training diverged (Diverged); 128 + signal number when
-SIGINT/SIGTERM stopped a run after its checkpoint (Interrupted).
+SIGINT/SIGTERM stopped a run after its checkpoint (Interrupted); 4 a run stuck in a compiled call
+(Watchdog).
+
+Also here, how a training run stops: stop_on_signals (a first SIGINT/SIGTERM finishes the call, a
+second stops at once) and Watchdog (a compiled call that never returns ends the process).
 """
+import contextlib
 import logging
 import os
 import re
 import signal
 import sys
+import threading
+import time
 
 
 class UserError(Exception):
@@ -25,6 +32,90 @@ class Interrupted(Exception):
     def __init__(self, signum):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+# A compiled call not finished after this long is taken as stuck (train.py waits for a few calls at a
+# time, each a few steps): Watchdog ends the run, exit status 4, with one line. Minutes of margin over
+# a slow CPU's call, so only a hang reaches it.
+STALL_SECONDS = 900.0
+EXIT_STALLED = 4
+
+
+class StopNow(KeyboardInterrupt):
+    """StopNow(signum): a second SIGINT/SIGTERM; the run stops where it is (checkpoints are atomic)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(stopped_line=lambda name: f'stopped at once by a second {name}'):
+    """SIGINT/SIGTERM ask the loop to stop after the current call; a second one stops at once, printing
+    stopped_line(signal name) and raising Interrupted. Yields a list that receives the signal numbers."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+    # A signal ignored by whoever started us (nohup, a background job) stays ignored.
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(signum) is not signal.SIG_IGN}
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) == 2:
+            raise StopNow(signum)
+        if len(received) == 1:
+            print(f'received {signal.Signals(signum).name}: stopping after this step '
+                  '(send it again to stop at once; the checkpoints stay intact)', flush=True)
+
+    for signum in previous:
+        signal.signal(signum, handler)
+    try:
+        yield received
+    except StopNow as e:
+        print(stopped_line(signal.Signals(e.args[0]).name), flush=True)
+        raise Interrupted(e.args[0]) from None
+    finally:
+        for signum, h in previous.items():
+            signal.signal(signum, h)
+
+
+class Watchdog:
+    """wait(outputs): jax.block_until_ready(outputs), and if that takes STALL_SECONDS, stalled() ends the
+    process with message(): a hung compiled call never returns control to Python, so a thread must."""
+
+    def __init__(self, message):
+        self.message, self.deadline, self.lock, self.closed = message, None, threading.Lock(), threading.Event()
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed.set()  # the thread ends within a second
+
+    def wait(self, outputs):
+        with self.lock:
+            self.deadline = time.monotonic() + STALL_SECONDS
+        import jax  # here: data.py's commands use this file too and need no JAX
+        try:
+            jax.block_until_ready(outputs)
+        finally:
+            with self.lock:
+                self.deadline = None
+
+    def watch(self):
+        while not self.closed.wait(min(1.0, STALL_SECONDS / 4)):
+            with self.lock:
+                late = self.deadline is not None and time.monotonic() > self.deadline
+                if late:
+                    self.deadline = None
+            if late:
+                stalled(self.message())
+
+
+def stalled(message):
+    """The watchdog's end of a stuck run: one line, exit status EXIT_STALLED, no cleanup (the main
+    thread is inside the hung call; the checkpoints on disk are complete, each written atomically)."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(EXIT_STALLED)
 
 
 def run(main, define_flags=None, errors=(), config_hint=None):

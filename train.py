@@ -27,7 +27,6 @@ import re
 import shlex
 import signal
 import sys
-import threading
 import time
 
 import jax
@@ -50,11 +49,6 @@ DEFAULT_CONFIG = 'configs/qlae.py:toyshapes'
 # while the other waits for it inside their shared all-reduce, and the run hangs (README "Speed"). A
 # few calls ahead keep the devices busy as well as many.
 MAX_CALLS_IN_FLIGHT = 4
-# A compiled call not finished after this long is taken as stuck (the loop waits for a few calls at a
-# time, each a few steps): the watchdog ends the run, exit status 4, with one line. Minutes of margin
-# over a slow CPU's call, so only a hang reaches it.
-STALL_SECONDS = 900.0
-EXIT_STALLED = 4
 
 
 # ================================================================================================
@@ -150,7 +144,8 @@ def train(config, workdir, overwrite=False):
             rundir.move_aside(workdir)
         rundir.make_workdir(workdir)
     with (rundir.lock(workdir) if writer else contextlib.nullcontext(),
-          stop_on_signals(workdir, rundir.seed_workdirs(workdir, config)[0]) as stop,
+          cli.stop_on_signals(functools.partial(stopped_at_once, workdir=workdir,
+                                                seed_dir=rundir.seed_workdirs(workdir, config)[0])) as stop,
           contextlib.ExitStack() as cleanup):
         init_keys, train_keys, data_keys = engine.seed_keys(config)
         states = [model.init(key, model_config, dataset.image_shape) for key in init_keys]
@@ -168,7 +163,7 @@ def train(config, workdir, overwrite=False):
             report(config, workdirs, 0, 'eval', evaluate(model, model_config, dataset, eval_set, states))
         tick, tick_step, timed = time.time(), start, set()
         in_flight = collections.deque()  # the newest calls' outputs, to wait for the oldest (MAX_CALLS_IN_FLIGHT)
-        watchdog = cleanup.enter_context(Watchdog(lambda: stuck_message(workdir, workdirs[0])))
+        watchdog = cleanup.enter_context(cli.Watchdog(lambda: stuck_message(workdir, workdirs[0])))
         while step < config.num_steps:
             num_steps = steps_in_next_call(config, step)
             run = build_step(model, model_config, dataset, config.batch_size, num_steps, config.num_seeds,
@@ -202,7 +197,7 @@ def train(config, workdir, overwrite=False):
                 now = time.time()
                 rate = (step - tick_step) / max(now - tick, 1e-9) if step > tick_step else None
                 tick, tick_step = now, step
-                eta = f' | {rate:.1f} steps/s | ETA {format_seconds((config.num_steps - step) / rate)}' if rate else ''
+                eta = f' | {rate:.1f} steps/s | ETA {evaluation.format_seconds((config.num_steps - step) / rate)}' if rate else ''
                 report(config, workdirs, step, 'train', per_seed, eta, **({'steps_per_s': rate} if rate else {}))
             if at_eval and writer:
                 report(config, workdirs, step, 'eval', evaluate(model, model_config, dataset, eval_set, seed_states))
@@ -218,52 +213,19 @@ def train(config, workdir, overwrite=False):
     return state
 
 
-class Watchdog:
-    """wait(outputs): jax.block_until_ready(outputs), and if that takes STALL_SECONDS, stalled() ends the
-    process with message(): a hung compiled call never returns control to Python, so a thread must."""
-
-    def __init__(self, message):
-        self.message, self.deadline, self.lock, self.closed = message, None, threading.Lock(), threading.Event()
-        threading.Thread(target=self.watch, daemon=True).start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.closed.set()  # the thread ends within a second
-
-    def wait(self, outputs):
-        with self.lock:
-            self.deadline = time.monotonic() + STALL_SECONDS
-        try:
-            jax.block_until_ready(outputs)
-        finally:
-            with self.lock:
-                self.deadline = None
-
-    def watch(self):
-        while not self.closed.wait(min(1.0, STALL_SECONDS / 4)):
-            with self.lock:
-                late = self.deadline is not None and time.monotonic() > self.deadline
-                if late:
-                    self.deadline = None
-            if late:
-                stalled(self.message())
-
-
 def stuck_message(workdir, seed_dir):
     kept = rundir.list_checkpoints(seed_dir)
     kept = f'the checkpoint of step {kept[-1]} is intact' if kept else 'no checkpoint was saved yet'
-    return (f'error: a compiled call has not finished in {STALL_SECONDS:.0f} s, so the run is stuck (on a CPU '
+    return (f'error: a compiled call has not finished in {cli.STALL_SECONDS:.0f} s, so the run is stuck (on a CPU '
             f'split into devices: a cross-device collective that never completed); {kept}; resume on one CPU '
             f'device with: {resume_command(workdir)} --config.cpu_devices=1')
 
 
-def stalled(message):
-    """The watchdog's end of a stuck run: one line, exit status EXIT_STALLED, no cleanup (the main
-    thread is inside the hung call; the checkpoints on disk are complete, each written atomically)."""
-    print(message, file=sys.stderr, flush=True)
-    os._exit(EXIT_STALLED)
+def stopped_at_once(signal_name, workdir, seed_dir):
+    """The line a second SIGINT/SIGTERM prints (cli.stop_on_signals): the newest checkpoint, the resume command."""
+    kept = rundir.list_checkpoints(seed_dir)
+    kept = f'the checkpoints are intact, newest: step {kept[-1]}' if kept else 'no checkpoint was saved yet'
+    return f'stopped at once by a second {signal_name}: {kept}; resume with: {resume_command(workdir)}'
 
 
 def open_run(workdir, config, states, writer):
@@ -331,45 +293,6 @@ def guard_finite(step, metrics, state=None, workdir=None, seed=None):
     return values
 
 
-class StopNow(KeyboardInterrupt):
-    """StopNow(signum): a second SIGINT/SIGTERM; the run stops where it is (checkpoints are atomic)."""
-
-
-@contextlib.contextmanager
-def stop_on_signals(workdir='', seed_dir=None):
-    """SIGINT/SIGTERM ask the loop to stop after the current call; a second one stops at once, with one
-    line naming the newest checkpoint of seed_dir. Yields a list that receives the signal numbers."""
-    received = []
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield received
-        return
-    # A signal ignored by whoever started us (nohup, a background job) stays ignored.
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(signum) is not signal.SIG_IGN}
-
-    def handler(signum, frame):
-        received.append(signum)
-        if len(received) == 2:
-            raise StopNow(signum)
-        if len(received) == 1:
-            print(f'received {signal.Signals(signum).name}: stopping after this step '
-                  '(send it again to stop at once; the checkpoints stay intact)', flush=True)
-
-    for signum in previous:
-        signal.signal(signum, handler)
-    try:
-        yield received
-    except StopNow as e:
-        kept = rundir.list_checkpoints(seed_dir) if seed_dir else []
-        kept = f'the checkpoints are intact, newest: step {kept[-1]}' if kept else 'no checkpoint was saved yet'
-        print(f'stopped at once by a second {signal.Signals(e.args[0]).name}: {kept}; resume with: '
-              f'{resume_command(workdir)}', flush=True)
-        raise Interrupted(e.args[0]) from None
-    finally:
-        for signum, h in previous.items():
-            signal.signal(signum, h)
-
-
 def resume_command(workdir):
     """The command that continues this run: this one, with --workdir and without --overwrite."""
     if not sys.argv or os.path.basename(sys.argv[0]) != 'train.py':
@@ -378,11 +301,6 @@ def resume_command(workdir):
     if not any(re.match(r'^--?workdir(=|$)', a) for a in args):
         args.append(f'--workdir={workdir}')
     return shlex.join(['python', sys.argv[0], *args])
-
-
-def format_seconds(seconds):
-    seconds = int(seconds)
-    return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 # ================================================================================================

@@ -22,6 +22,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from metrics.infomec import CAPTURE_THRESHOLD as CAPTURED  # noqa: E402
 OUT = os.path.join(ROOT, 'results', 'schedule')
 # The authors' own small network (their configs encoder_partial/image_small.yaml and
 # decoder_partial/style_image_small.yaml: convs 64-128-256-512 and 512-256-128-64, dense 512).
@@ -38,7 +40,6 @@ RECIPES = {
     'b64_wide': (64, None, WIDE),
     'b64_authors_small': (64, None, AUTHORS_SMALL),
 }
-CAPTURED = 0.5  # metrics.infomec.CAPTURE_THRESHOLD
 
 
 def log_path(model, dataset, recipe):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import cli
 import rundir
 import train
 from cli import UserError
@@ -233,8 +234,8 @@ def test_a_call_that_never_finishes_ends_the_run_with_one_line(tmp_path, monkeyp
         released.set()  # here the process would end; the test lets the fake call go on instead
 
     monkeypatch.setattr(train, 'build_step', build_step)
-    monkeypatch.setattr(train, 'STALL_SECONDS', 0.5)
-    monkeypatch.setattr(train, 'stalled', stalled)
+    monkeypatch.setattr(cli, 'STALL_SECONDS', 0.5)
+    monkeypatch.setattr(cli, 'stalled', stalled)
     train.train(tiny_config(cpu_devices=1), str(tmp_path))
     assert len(said) == 1 and said[0].startswith('error: a compiled call has not finished in 0 s')
     assert 'the checkpoint of step 10 is intact' in said[0] and said[0].endswith('--config.cpu_devices=1')
