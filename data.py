@@ -689,7 +689,7 @@ def _builder_class():
 
     class Disentax(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version(_BUILDER_VERSION)
-        MANUAL_DOWNLOAD_INSTRUCTIONS = 'See the Datasets table in README.md.'
+        MANUAL_DOWNLOAD_INSTRUCTIONS = 'See the table in docs/datasets.md.'
 
         def _info(self):
             cfg = self.builder_config

@@ -73,7 +73,7 @@ def cpu_device_count(config, cores):
 def split_cpu(config):
     """Split a CPU into virtual devices (cpu_device_count), which the batch is then sharded over as
     over GPUs: XLA:CPU runs one device's small convolutions and fusions with cores idle, and separate
-    devices run side by side (README "Speed" has bench.py's numbers). Call it before JAX's first
+    devices run side by side (docs/speed.md has bench.py's numbers). Call it before JAX's first
     computation; it changes only JAX's CPU backend, so a GPU or TPU run is as before."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     count = cpu_device_count(config, cores)

@@ -61,7 +61,7 @@ PROTOCOL_SUFFIX = {'standalone': '', 'paper': '_paper'}  # eval/infom and eval/i
 CAPTURE_PROTOCOL = 'standalone'
 CAPTURE_RESULT = 'infomec' + PROTOCOL_SUFFIX[CAPTURE_PROTOCOL]  # its name in eval.json
 # A warning when InfoE's in-sample bias (metrics.infomec.infoe_chance: what latents carrying no
-# information would score) reaches this; README "Reading InfoMEC".
+# information would score) reaches this; metrics/README.md, "Reading InfoMEC".
 INFOE_CHANCE_WARNING = 0.05
 PSNR_MAX_DB = 100.0  # a perfect reconstruction's PSNR is infinite; it is reported as this
 PROGRESS_EVERY = 10.0  # seconds between progress lines of a long encoding; work that ends sooner prints none
@@ -143,7 +143,7 @@ def infoe_warning(result, num_samples):
     return (f"warning: InfoE ({result['protocol']} protocol) is fitted and scored on the same "
             f"{num_samples:,} samples with {result['infoe_num_features']} features, so latents carrying no "
             f'information would already score about {chance:.2f}; eval_samples of about {needed:,} or more '
-            f'bring that under {INFOE_CHANCE_WARNING} (README "Reading InfoMEC")')
+            f'bring that under {INFOE_CHANCE_WARNING} (metrics/README.md, "Reading InfoMEC")')
 
 
 def scores_during_training(model, model_config, state, dataset, eval_set):

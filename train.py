@@ -46,7 +46,7 @@ FLAGS = flags.FLAGS
 DEFAULT_CONFIG = 'configs/qlae.py:toyshapes'
 # Compiled calls dispatched but not finished, at most. JAX dispatches asynchronously, and XLA:CPU lets
 # each device hold 32 calls in flight; past that a multi-device call can wait for a slot on one device
-# while the other waits for it inside their shared all-reduce, and the run hangs (README "Speed"). A
+# while the other waits for it inside their shared all-reduce, and the run hangs (docs/speed.md). A
 # few calls ahead keep the devices busy as well as many.
 MAX_CALLS_IN_FLIGHT = 4
 
@@ -324,7 +324,7 @@ def build_step(model, model_config, dataset, batch_size, num_steps, num_seeds, o
     picks by platform, True on CPU.
     """
     many = num_seeds > 1
-    # Two XLA:CPU lowerings decide `unroll` (README "Speed"):
+    # Two XLA:CPU lowerings decide `unroll` (docs/speed.md):
     # - a convolution reaches the fast (Eigen) kernel only outside loops: inside a while loop the
     #   weight gradient keeps its transposed layout and runs as a plain loop nest, many times slower.
     #   So on CPU the K steps are unrolled (compile time grows with K); accelerators keep the loop.

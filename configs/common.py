@@ -22,7 +22,7 @@ CPU_SCHEDULE = {'batch_size': 32, 'num_steps': 1500, 'eval_every': 500, 'checkpo
 
 NETWORKS = {
     'paper': {},  # the model file's defaults are the paper's network
-    # Narrow enough that the CPU schedule above trains on a laptop CPU (README "Speed").
+    # Narrow enough that the CPU schedule above trains on a laptop CPU (docs/speed.md).
     'small': dict(enc_widths=(16, 32, 32, 64), enc_kernels=(4,) * 4, enc_strides=(2,) * 4,
                   dec_widths=(64, 32, 32, 16), dec_kernels=(4,) * 4, dec_strides=(2,) * 4, mlp_width=128),
     'tiny': dict(enc_widths=(8, 8, 16, 16), enc_kernels=(4,) * 4, enc_strides=(2,) * 4,
@@ -76,9 +76,9 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
     config.checkpoint_every = 5_000
     config.eval_samples = 10_000        # fixed evaluation set, drawn with eval_seed
     config.eval_seed = 0
-    # Execution (README "Speed"); they change how fast a run goes, not what it computes.
+    # Execution (docs/speed.md); they change how fast a run goes, not what it computes.
     # Train steps per compiled call (jax.lax.scan). 5: past it bench.py measured no further gain,
-    # and on CPU the K steps are unrolled, so compile time grows with K (README "Speed").
+    # and on CPU the K steps are unrolled, so compile time grows with K (docs/speed.md).
     config.steps_per_call = 5
     # True: batches sampled and rendered (procedural data) or gathered (the whole uint8 set, put on
     # the device once) inside the compiled step. False: the host reads them.

@@ -16,7 +16,7 @@ from models import qlae
 
 
 # README's main job: the longest run of the CPU schedule's batch size and learning rate that trains in
-# about ten minutes on a 2-core CPU (192,000 images). Chosen with results/schedule.py (README "Results":
+# about ten minutes on a 2-core CPU (192,000 images). Chosen with results/schedule.py (results/README.md:
 # per image, batch 32 learned faster than 64, learning rate 3e-3 slower than 1e-3).
 MAIN_JOB = {'num_steps': 6000, 'eval_every': 2000, 'checkpoint_every': 500}  # 4 evaluations: 1 min
 

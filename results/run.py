@@ -1,6 +1,6 @@
 """The papers' comparison in one command: every model, three seeds, every metric, one table.
 
-  python results/run.py --dataset=toyshapes --preset=cpu      # the table in README (a 2-core CPU: hours)
+  python results/run.py --dataset=toyshapes --preset=cpu      # the table in results/README.md (a 2-core CPU: hours)
   python results/run.py --dataset=toyshapes --preset=cpu6k --seeds=7   # the main job's recipe, 7 seeds
   python results/run.py --dataset=shapes3d --preset=paper     # the papers' settings, for a GPU
   python results/run.py --dataset=toyshapes --preset=tiny     # seconds a model: checks the pipeline only
@@ -40,7 +40,7 @@ MODELS = (
     ('qlinfowgan_gp', 'infowgan_gp', ('--config.model.quantized=True',)),
 )
 # Per preset: the config arg's presets, train.py overrides, and eval.py's FactorVAE/BetaVAE votes
-# (None: disentanglement_lib's 10,000). The CPU schedule is chosen in README ("Results") from
+# (None: disentanglement_lib's 10,000). The CPU schedule is chosen in results/README.md from
 # results/schedule.py's curves.
 PRESETS = {
     'cpu': {'presets': '', 'num_steps': 3000, 'votes': 1000},

@@ -160,7 +160,7 @@ def test_accelerator_form_while_loop_and_vmap_equals_plain_loop(reference):
 
 
 def test_cpu_form_has_no_convolution_inside_a_loop():
-    """XLA:CPU runs a convolution inside a while loop as a slow loop nest (README "Speed"): the CPU
+    """XLA:CPU runs a convolution inside a while loop as a slow loop nest (docs/speed.md): the CPU
     default must leave none there."""
     compiled = compiled_two_seed_call(unroll=None)[0]
     assert jax.default_backend() == 'cpu' and ' convolution(' in compiled.as_text()

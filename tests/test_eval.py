@@ -407,7 +407,7 @@ def test_readme_outputs_lists_every_file_eval_writes(run_copy):
         f.write('{"step": 0, "eval/infom": 0.1}\n')
     evaluation.evaluate_run(run_copy, ('mig',), n_jobs=1)
     written = sorted(os.listdir(run_copy))
-    with open(os.path.join(ROOT, 'README.md')) as f:
+    with open(os.path.join(ROOT, 'docs', 'runs.md')) as f:
         outputs = re.search(r'\n## Outputs\n(.*?)\n## ', f.read(), re.S).group(1)
     assert 'curves.png' in written
     for name in written + ['nmi.png', 'run_info.json', 'train.lock']:  # nmi.png: with infomec

@@ -83,8 +83,8 @@ def test_cpu_devices_reaches_the_training_command(tmp_path, monkeypatch):
         assert chosen == ([expected] if expected else [])
 
 
-def test_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
-    """README's results table must be the one results/run.py writes from the committed per-seed JSON."""
+def test_results_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
+    """results/README.md's table must be the one results/run.py writes from the committed per-seed JSON."""
     shutil.copytree(os.path.join(ROOT, 'results', 'toyshapes_cpu'), tmp_path / 'out' / 'toyshapes_cpu')
     result = subprocess.run([sys.executable, 'results/run.py', '--dataset=toyshapes', '--preset=cpu',
                              f'--runs={tmp_path / "runs"}', f'--out={tmp_path / "out"}'],
@@ -93,7 +93,7 @@ def test_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
     assert '$ ' not in result.stdout  # every row finished: nothing trained
     table = (tmp_path / 'out' / 'toyshapes_cpu.md').read_text()
     assert table == open(os.path.join(ROOT, 'results', 'toyshapes_cpu.md')).read()
-    with open(os.path.join(ROOT, 'README.md')) as f:
+    with open(os.path.join(ROOT, 'results', 'README.md')) as f:
         readme = f.read()
     rows = [line for line in table.splitlines() if line.startswith('|')]
     assert len(rows) == 2 * (2 + len(results.MODELS)) and all(row + "\n" in readme for row in rows)  # two tables

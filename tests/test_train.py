@@ -176,7 +176,7 @@ def test_steps_per_s_start_after_compilation_and_lines_carry_the_wall_clock(tmp_
 
 def test_the_loop_never_has_more_than_a_few_compiled_calls_in_flight(tmp_path, monkeypatch):
     """XLA:CPU holds at most 32 calls in flight per device; past that a 2-device call can hang in its
-    all-reduce (README "Speed"). One call per step and 60 steps between logs used to queue 60 calls:
+    all-reduce (docs/speed.md). One call per step and 60 steps between logs used to queue 60 calls:
     each fake call's output here is pending until the loop waits for it, or for a later one."""
     dispatched, finished, most = [0], [0], [0]
 
