@@ -143,10 +143,10 @@ def train(config, workdir, overwrite=False):
         if overwrite:
             rundir.move_aside(workdir)
         rundir.make_workdir(workdir)
+    first_seed_dir = rundir.seed_workdirs(workdir, config)[0]  # where the stop messages look for checkpoints
     with (rundir.lock(workdir) if writer else contextlib.nullcontext(),
-          cli.stop_on_signals(functools.partial(stopped_at_once, workdir=workdir,
-                                                seed_dir=rundir.seed_workdirs(workdir, config)[0])) as stop,
-          contextlib.ExitStack() as cleanup):
+          cli.stop_on_signals(functools.partial(stopped_at_once, workdir=workdir, seed_dir=first_seed_dir)) as stop,
+          cli.Watchdog(functools.partial(stuck_message, workdir, first_seed_dir)) as watchdog):
         init_keys, train_keys, data_keys = engine.seed_keys(config)
         states = [model.init(key, model_config, dataset.image_shape) for key in init_keys]
         workdirs, states = open_run(workdir, config, states, writer)
@@ -163,7 +163,6 @@ def train(config, workdir, overwrite=False):
             report(config, workdirs, 0, 'eval', evaluate(model, model_config, dataset, eval_set, states))
         tick, tick_step, timed = time.time(), start, set()
         in_flight = collections.deque()  # the newest calls' outputs, to wait for the oldest (MAX_CALLS_IN_FLIGHT)
-        watchdog = cleanup.enter_context(cli.Watchdog(lambda: stuck_message(workdir, workdirs[0])))
         while step < config.num_steps:
             num_steps = steps_in_next_call(config, step)
             run = build_step(model, model_config, dataset, config.batch_size, num_steps, config.num_seeds,
