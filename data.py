@@ -15,7 +15,7 @@ bijection, which is what the disentanglement metrics need (smallnorb, whose
 
 `DATASETS` holds what is known about each dataset without reading it (factor
 names and sizes, image shape, number of examples, whether it is procedural, its
-family); configs read it from here.
+family, the real dataset a procedural one clones); configs read it from here.
 """
 import argparse
 import contextlib
@@ -56,6 +56,8 @@ class DatasetInfo:
     num_examples: int   # every factor tuple times the examples sharing one (smallnorb: 10 instances)
     procedural: bool    # rendered from factor indices: needs no files
     family: str         # the name its variants share ('mpi3d' for the four mpi3d_*), else its own name
+    clone_of: str = ''  # a procedural dataset: the real one whose factors it copies, and whose
+                        # per-dataset model settings (configs/) it takes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,10 +262,10 @@ _MPI3D_URLS = {**{v: f'{_MPI3D_URL}/mpi3d_{v}.npz' for v in ('toy', 'realistic',
 # without TensorFlow. Every prepared one is read back the same way (_prepared).
 # 'file' is what the user downloads; it is quoted in error messages. The public
 # facts (DATASETS below) come from 'factors', 'channels', 'per_tuple' (examples
-# sharing one factor tuple, default 1) and 'family'.
+# sharing one factor tuple, default 1), 'family' and 'clone_of'.
 _DATASETS = {
-    'toyshapes': dict(factors=SHAPES_FACTORS, channels=3, render=render_toyshapes),
-    'toysprites': dict(factors=SPRITES_FACTORS, channels=1, render=render_toysprites),
+    'toyshapes': dict(factors=SHAPES_FACTORS, channels=3, render=render_toyshapes, clone_of='shapes3d'),
+    'toysprites': dict(factors=SPRITES_FACTORS, channels=1, render=render_toysprites, clone_of='dsprites'),
     'shapes3d': dict(
         factors=SHAPES_FACTORS, channels=3, tfds='shapes3d',
         labels=('label_floor_hue', 'label_wall_hue', 'label_object_hue',
@@ -322,7 +324,8 @@ _DATASETS = {
 }
 DATASETS = {name: DatasetInfo(
     name, tuple(n for n, _ in spec['factors']), tuple(s for _, s in spec['factors']), (64, 64, spec['channels']),
-    math.prod(s for _, s in spec['factors']) * spec.get('per_tuple', 1), 'render' in spec, spec.get('family', name))
+    math.prod(s for _, s in spec['factors']) * spec.get('per_tuple', 1), 'render' in spec, spec.get('family', name),
+    spec.get('clone_of', ''))
     for name, spec in _DATASETS.items()}
 DATASET_NAMES = tuple(DATASETS)
 _BUILDER = 'disentax'  # tfds name of this file's builder: DATA_DIR/disentax/<dataset>/<version>

@@ -53,15 +53,25 @@ def parse_arg(arg):
     return dataset, presets
 
 
+def settings_keys(dataset):
+    """The keys of a per_dataset_model dict that apply to `dataset`, later ones winning: the family of the
+    real dataset it clones and that dataset (toyshapes: shapes3d), then its own family and its own name."""
+    info = data.DATASETS[dataset]
+    keys = [data.DATASETS[info.clone_of].family, info.clone_of] if info.clone_of else []
+    return list(dict.fromkeys(keys + [info.family, dataset]))
+
+
 def base_config(model_name, model_config, dataset, presets, *, batch_size=128, num_steps=200_000,
-                per_dataset_model=None, cpu_schedule=None):
+                per_dataset_model=None, cpu_schedule=None, cpu_network=True):
     """The common fields, then the model's Config fields under `config.model`.
 
     model_config: the model file's Config dataclass instance holding its paper defaults.
     batch_size, num_steps: the paper's schedule.
     per_dataset_model: {dataset or family: {field: value}} for settings the papers changed per dataset;
-        a family key ('mpi3d') applies to each of its variants, an exact name wins over it.
+        a family key ('mpi3d') applies to each of its variants, an exact name wins over it, and a
+        procedural dataset takes the settings of the dataset it clones (settings_keys).
     cpu_schedule: overrides of CPU_SCHEDULE for this model on the procedural datasets.
+    cpu_network: False keeps the model file's network on procedural datasets too (presets still apply).
     """
     config = ml_collections.ConfigDict()
     config.model_name = model_name      # trains models/<model_name>.py
@@ -93,11 +103,9 @@ def base_config(model_name, model_config, dataset, presets, *, batch_size=128, n
 
     model = dataclasses.asdict(model_config)
     model['num_latents'] = 2 * len(info.factor_sizes)  # the papers use 2 latents per source
-    per_dataset_model = per_dataset_model or {}
-    if info.family != dataset:
-        model.update(per_dataset_model.get(info.family, {}))
-    model.update(per_dataset_model.get(dataset, {}))
-    network = default_network(dataset)
+    for key in settings_keys(dataset):
+        model.update((per_dataset_model or {}).get(key, {}))
+    network = default_network(dataset) if cpu_network else 'paper'
     for preset in presets:
         network = PRESETS[preset].get('network', network)
         config.update({k: v for k, v in PRESETS[preset].items() if k != 'network'})

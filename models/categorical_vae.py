@@ -1,9 +1,10 @@
-"""Categorical VAE (D-VAE), optionally with a FactorVAE-style total-correlation penalty (FactorDVAE).
+"""Categorical VAE (D-VAE), optionally with a FactorVAE-style total-correlation penalty (FactorDVAE), and
+its Gaussian twin (VAE, FactorVAE) on the same network, as lddr compares them.
 
 Paper: "Learning Disentangled Discrete Representations", Friede, Reimers, Stuckenschmidt, Niepert
 (ECML PKDD 2023). Authors' code: github.com/david-friede/lddr (JAX + Haiku), run.py and eval.py.
 Train: python train.py --config=configs/categorical_vae.py:shapes3d   (offline: configs/categorical_vae.py:toyshapes)
-FactorDVAE: add --config.model.tc_penalty=30
+FactorDVAE: add --config.model.tc_penalty=30; the Gaussian VAE: --config.model.gaussian=True (both: FactorVAE)
 
 Each of the d latents is a categorical over a fixed grid of values linspace(-1, 1, 64). The encoder
 gives logits; training uses a Gumbel-softmax relaxed sample whose noise scale is cosine-annealed
@@ -13,6 +14,12 @@ encoder and decoder as lddr writes it in Haiku (about 0.85M parameters at 64x64x
 Haiku's default initialisers and SAME padding. `straight_through_gap` is the paper's unsupervised
 model-selection score; eval.py reports it through `extra_eval`.
 
+`gaussian=True` is lddr's `run.py --gaussian`: the same encoder trunk and decoder, the encoder's last
+Linear gives d means and d log-variances (lddr: two Linear(d) heads, the same initialiser; here one
+Linear(2d) whose first d outputs are the means), z = mu + exp(logvar / 2) eps, and the KL term is
+sum_i KL(N(mu_i, sigma_i^2) || N(0, 1)). `encode` returns mu. The TC penalty and its discriminator are
+the same. There is no grid, no noise annealing and no straight-through gap.
+
 Interface (shared by every file in models/): Config, init, train_step, encode, decode, is_discrete.
 Imports only jax, optax, numpy and the standard library.
 Deviations from the authors' code (checked line by line against lddr's run.py and eval.py):
@@ -21,7 +28,6 @@ Deviations from the authors' code (checked line by line against lddr's run.py an
 - Additions that lddr fixes: `temperature` (lddr: 1) and `kl_weight` (lddr: 1); the defaults are lddr's.
 - Same distributions, different random streams: initial weights are drawn with numpy, and each latent's
   permutation is an argsort of uniforms (lddr: jax.random.permutation per latent).
-lddr's Gaussian variant (--gaussian) is not in this file.
 """
 import dataclasses
 import functools
@@ -48,6 +54,7 @@ class Config:
     noise_end: float = 2.0            # ... cosine-annealed to this at anneal_steps
     anneal_steps: int = 300_000       # the config files tie this to num_steps
     kl_weight: float = 1.0            # beta
+    gaussian: bool = False            # lddr's --gaussian: the Gaussian VAE twin (grid fields unused)
     learning_rate: float = 1e-4       # plain Adam (b1 0.9, b2 0.999, eps 1e-8), no weight decay
     tc_penalty: float = 0.0           # gamma of the total-correlation penalty; 0 = off (no discriminator)
     disc_layers: int = 6
@@ -237,30 +244,45 @@ def permute_dims(key, z):
 
 
 def logits_of(params, config, images):
-    return encoder(params['encoder'], config, images).reshape(images.shape[0], config.num_latents, -1)
+    """Categorical: the logits (B, d, K). Gaussian: the means and the log-variances, (B, d) each."""
+    out = encoder(params['encoder'], config, images)
+    if config.gaussian:
+        return jnp.split(out, 2, axis=-1)
+    return out.reshape(images.shape[0], config.num_latents, -1)
 
 
-def per_example_loss(params, disc_params, config, images, weights, logits):
-    """lddr's loss before its batch mean, for category weights y (B, d, K): BCE summed over pixels,
-    plus beta * KL, plus gamma * TC when the penalty is on. Returns (loss (B,), terms, z)."""
-    z = weights @ grid(config)  # (B, d): one scalar per latent
+def gaussian_kl(mean, logvar):
+    """sum_i KL(N(mean_i, exp(logvar_i)) || N(0, 1)) per example: (B, d) -> (B,)."""
+    return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - logvar - 1, axis=-1)
+
+
+def per_example_loss(params, disc_params, config, images, z, kl):
+    """lddr's loss before its batch mean, for the latent sample z (B, d) and the KL term (B,): BCE
+    summed over pixels, plus beta * KL, plus gamma * TC when the penalty is on. Returns (loss (B,), terms)."""
     recon_logits = decoder(params['decoder'], config, z)
-    terms = {'bce': optax.sigmoid_binary_cross_entropy(recon_logits, images).sum(axis=(1, 2, 3)),
-             'kl': kl_to_uniform(logits)}
+    terms = {'bce': optax.sigmoid_binary_cross_entropy(recon_logits, images).sum(axis=(1, 2, 3)), 'kl': kl}
     loss = terms['bce'] + config.kl_weight * terms['kl']
     if config.tc_penalty > 0:
         # D_0 - D_1 estimates log q(z) / prod_i q(z_i), the total correlation of the sample.
         d_logits = discriminator(disc_params, z)
         terms['tc'] = d_logits[:, 0] - d_logits[:, 1]
         loss = loss + config.tc_penalty * terms['tc']
-    return loss, terms, z
+    return loss, terms
 
 
-def loss_fn(params, disc_params, config, images, gumbel, scale):
-    logits = logits_of(params, config, images)
-    weights = jax.nn.softmax((logits + scale * gumbel) / config.temperature, axis=-1)
-    loss, terms, z = per_example_loss(params, disc_params, config, images, weights, logits)
-    metrics = {**{name: value.mean() for name, value in terms.items()}, 'noise_scale': scale, 'loss': loss.mean()}
+def loss_fn(params, disc_params, config, images, noise, scale):
+    """noise: Gumbel (B, d, K), relaxed with noise scale `scale`; Gaussian: standard normal (B, d)."""
+    if config.gaussian:
+        mean, logvar = logits_of(params, config, images)
+        z, kl = mean + jnp.exp(logvar / 2) * noise, gaussian_kl(mean, logvar)
+    else:
+        logits = logits_of(params, config, images)
+        z = jax.nn.softmax((logits + scale * noise) / config.temperature, axis=-1) @ grid(config)  # (B, d)
+        kl = kl_to_uniform(logits)
+    loss, terms = per_example_loss(params, disc_params, config, images, z, kl)
+    metrics = {**{name: value.mean() for name, value in terms.items()}, 'loss': loss.mean()}
+    if not config.gaussian:
+        metrics['noise_scale'] = scale
     return metrics['loss'], (metrics, z)
 
 
@@ -287,7 +309,7 @@ def init(key, config, image_shape):
     # for every parameter shape takes longer than training a small model for a minute.
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     d, k = config.num_latents, config.num_categories
-    params = {'encoder': encoder_init(rng, config, image_shape, d * k),
+    params = {'encoder': encoder_init(rng, config, image_shape, 2 * d if config.gaussian else d * k),
               'decoder': decoder_init(rng, config, image_shape, d)}
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     state = {'params': params, 'opt_state': optimizer(config).init(params), 'step': jnp.zeros((), jnp.int32)}
@@ -299,11 +321,14 @@ def init(key, config, image_shape):
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def train_step(config, state, images, key):
-    gumbel_key, permute_key = jax.random.split(key)
-    gumbel = jax.random.gumbel(gumbel_key, (images.shape[0], config.num_latents, config.num_categories))
+    noise_key, permute_key = jax.random.split(key)
+    if config.gaussian:
+        noise = jax.random.normal(noise_key, (images.shape[0], config.num_latents))
+    else:
+        noise = jax.random.gumbel(noise_key, (images.shape[0], config.num_latents, config.num_categories))
     scale = noise_scale(config, state['step'])
     disc_params = state.get('disc_params')
-    grads, (metrics, z) = jax.grad(loss_fn, has_aux=True)(state['params'], disc_params, config, images, gumbel, scale)
+    grads, (metrics, z) = jax.grad(loss_fn, has_aux=True)(state['params'], disc_params, config, images, noise, scale)
     updates, opt_state = optimizer(config).update(grads, state['opt_state'], state['params'])
     new_state = {**state, 'params': optax.apply_updates(state['params'], updates), 'opt_state': opt_state,
                  'step': state['step'] + 1}
@@ -318,7 +343,10 @@ def train_step(config, state, images, key):
 
 @functools.partial(jax.jit, static_argnums=0)
 def encode(config, state, images):
-    """The expected grid value of each latent under softmax(logits), without noise: (B, d)."""
+    """The expected grid value of each latent under softmax(logits), without noise: (B, d).
+    Gaussian: the means."""
+    if config.gaussian:
+        return logits_of(state['params'], config, images)[0]
     return jax.nn.softmax(logits_of(state['params'], config, images), axis=-1) @ grid(config)
 
 
@@ -339,8 +367,8 @@ def hard_and_soft_losses(config, state, images):
     logits = logits_of(params, config, images)
     hard = jax.nn.one_hot(jnp.argmax(logits, axis=-1), config.num_categories)
     soft = jax.nn.softmax(logits / config.temperature, axis=-1)
-    return tuple(per_example_loss(params, state.get('disc_params'), config, images, weights, logits)[0].mean()
-                 for weights in (hard, soft))
+    return tuple(per_example_loss(params, state.get('disc_params'), config, images, weights @ grid(config),
+                                  kl_to_uniform(logits))[0].mean() for weights in (hard, soft))
 
 
 def straight_through_gap(config, state, images):
@@ -350,7 +378,10 @@ def straight_through_gap(config, state, images):
 
 
 def extra_eval(config, state, batches):
-    """Named scalars eval.py adds to its report: the straight-through gap over all `batches` of images."""
+    """Named scalars eval.py adds to its report: the straight-through gap over all `batches` of images
+    (none for the Gaussian twin, which has no categories)."""
+    if config.gaussian:
+        return {}
     totals, count = np.zeros(2), 0
     for images in batches:
         totals += len(images) * np.array([float(x) for x in hard_and_soft_losses(config, state, images)])

@@ -11,6 +11,7 @@ metric. What comes out, under results/:
   <dataset>_<preset>/<model>_seed<s>.json   one seed's scores (eval.json without the figures' inputs)
   <dataset>_<preset>.json, <dataset>_<preset>.md   mean and 95% interval over seeds, per model
   <dataset>_<preset>_infom_infoe.png, _nmi.png, _traversals.png   the figures beside the table
+`--table_only` makes the table and figures from the JSON there is, training nothing.
 Rerunning skips the seeds whose JSON exists, resumes unfinished training (train.py resumes by itself)
 and evaluates what is missing, so the work survives a stop; `--commit` commits each JSON as it lands.
 `--models` chooses the rows to train; the table and figures always cover every row whose seeds have
@@ -27,7 +28,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from metrics.infomec import CAPTURE_THRESHOLD, factor_capture  # noqa: E402
-# (row name, config file, overrides): every model of models/, the GAN in both of its variants.
+# (row name, config file, overrides): every model of models/ with the variants the papers compare: the
+# QLAE paper's baselines, lddr's four (its D-VAE and FactorDVAE, and its Gaussian VAE and FactorVAE on the
+# same network; gamma 30, lddr README's example), the QLAE paper's weight-decay ablations, the GAN in both
+# of its variants. The order is the table's and the training order: the comparisons first.
+LDDR_GAMMA = '--config.model.tc_penalty=30'
 MODELS = (
     ('qlae', 'qlae', ()),
     ('ae', 'ae', ()),
@@ -36,6 +41,11 @@ MODELS = (
     ('bioae', 'bioae', ()),
     ('vqvae', 'vqvae', ()),
     ('categorical_vae', 'categorical_vae', ()),
+    ('factor_dvae', 'categorical_vae', (LDDR_GAMMA,)),
+    ('lddr_vae', 'categorical_vae', ('--config.model.gaussian=True',)),
+    ('lddr_factor_vae', 'categorical_vae', ('--config.model.gaussian=True', LDDR_GAMMA)),
+    ('qlae_no_wd', 'qlae', ('--config.model.weight_decay=0',)),
+    ('vqvae_no_wd', 'vqvae', ('--config.model.weight_decay=0',)),
     ('infowgan_gp', 'infowgan_gp', ()),
     ('qlinfowgan_gp', 'infowgan_gp', ('--config.model.quantized=True',)),
 )
@@ -72,6 +82,8 @@ def parse_args(argv=None):
     parser.add_argument('--cpu_devices', type=int, default=None,
                         help="train.py's config.cpu_devices for the runs it starts (default: train.py's, one per core)")
     parser.add_argument('--commit', action='store_true', help='git-commit each per-seed JSON as it lands')
+    parser.add_argument('--table_only', action='store_true',
+                        help='train and evaluate nothing: the table and figures from the per-seed JSON there is')
     args = parser.parse_args(argv)
     rows = {name: (config, extra) for name, config, extra in MODELS}
     if args.preset not in PRESETS:
@@ -240,7 +252,7 @@ def main(argv=None):
     args = parse_args(argv)
     table_dir = os.path.join(args.out, f'{args.dataset}_{args.preset}')
     os.makedirs(table_dir, exist_ok=True)
-    for name in args.rows:
+    for name in [] if args.table_only else args.rows:
         train_and_evaluate(args, name, table_dir)
     reports = {}  # every finished row, not only those trained now (the docstring says why)
     for name, _, _ in MODELS:

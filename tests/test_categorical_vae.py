@@ -56,6 +56,40 @@ def test_default_network_is_lddrs_with_its_parameter_count(default_state):
     assert widths == [(10, 1000)] + [(1000, 1000)] * 5 + [(1000, 2)]
 
 
+def test_gaussian_twin_is_lddrs_network_with_mean_and_log_variance_heads():
+    config = categorical_vae.Config(gaussian=True)
+    state = categorical_vae.init(jax.random.key(0), config, (64, 64, 3))
+    enc = state['params']['encoder']
+    # lddr's encode_gaussian: the same trunk, then Linear(10) means and Linear(10) log-variances (here one
+    # Linear(20), means first); the decoder is unchanged.
+    assert enc['head']['w'].shape == (256, 20)
+    categorical = categorical_vae.init(jax.random.key(0), categorical_vae.Config(), (64, 64, 3))
+    size = lambda params: sum(x.size for x in jax.tree.leaves(params))  # noqa: E731
+    assert size(state['params']) == size(categorical['params']) - (256 * 640 + 640) + (256 * 20 + 20)
+    assert jax.tree.map(jnp.shape, state['params']['decoder']) == jax.tree.map(jnp.shape, categorical['params']['decoder'])
+
+
+def test_gaussian_loss_is_bce_plus_the_closed_form_kl_of_the_reparameterised_sample(tiny):
+    config, dataset, images = tiny
+    config = categorical_vae.Config(**{**tiny_config().model, 'gaussian': True, 'tc_penalty': 0.0})
+    params = categorical_vae.init(jax.random.key(1), config, dataset.image_shape)['params']
+    noise = jax.random.normal(jax.random.key(2), (len(images), config.num_latents))
+    loss, (metrics, z) = categorical_vae.loss_fn(params, None, config, images, noise, 0.0)
+    out = np.asarray(categorical_vae.encoder(params['encoder'], config, images), np.float64)
+    mean, logvar = out[:, :config.num_latents], out[:, config.num_latents:]
+    np.testing.assert_allclose(z, mean + np.exp(logvar / 2) * np.asarray(noise), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(categorical_vae.encode(config, {'params': params}, images), mean, rtol=1e-5, atol=1e-6)
+    # KL(q || p) = -H(q) - E_q[log p], Gaussian entropy and cross-entropy written out per latent.
+    entropy = 0.5 * np.log(2 * np.pi * np.e * np.exp(logvar))
+    cross_entropy = 0.5 * np.log(2 * np.pi) + 0.5 * (mean ** 2 + np.exp(logvar))
+    np.testing.assert_allclose(metrics['kl'], (cross_entropy - entropy).sum(axis=1).mean(), rtol=1e-4)
+    logits = np.asarray(categorical_vae.decoder(params['decoder'], config, z), np.float64)
+    bce = (np.maximum(logits, 0) - logits * images + np.log1p(np.exp(-np.abs(logits)))).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(metrics['bce'], bce.mean(), rtol=1e-5)
+    assert float(loss) == pytest.approx(float(metrics['bce'] + metrics['kl']), rel=1e-6)
+    assert 'noise_scale' not in metrics and categorical_vae.extra_eval(config, {'params': params}, [images]) == {}
+
+
 def test_layer_output_shapes(default_state):
     config, state = default_state
     p = state['params']
@@ -235,9 +269,14 @@ assert int(state['step']) == 3 and all(np.isfinite(float(v)) for v in metrics.va
 assert {'tc', 'disc_loss'} <= set(metrics)
 assert not np.array_equal(disc_before[0]['w'], state['disc_params'][0]['w'])  # the discriminator trains
 print('ok', m.encode(config, state, images).shape, m.straight_through_gap(config, state, images) >= 0)
+gaussian = m.Config(**{**config.__dict__, 'gaussian': True})  # lddr's FactorVAE: the Gaussian twin with the penalty
+state = m.init(jax.random.key(0), gaussian, (16, 16, 3))
+state, metrics = m.train_step(gaussian, state, images, jax.random.key(0))
+assert int(state['step']) == 1 and {'tc', 'disc_loss', 'kl', 'bce'} <= set(metrics) and 'noise_scale' not in metrics
+print('gaussian', m.encode(gaussian, state, images).shape, np.isfinite(float(metrics['loss'])))
 '''
     stdout = run_with_model_files_alone(tmp_path, ['categorical_vae'], script)
-    assert 'ok (4, 3) True' in stdout
+    assert 'ok (4, 3) True' in stdout and 'gaussian (4, 3) True' in stdout
 
 
 def test_noise_anneals_over_the_whole_run_when_num_steps_is_overridden():
@@ -250,3 +289,14 @@ def test_noise_anneals_over_the_whole_run_when_num_steps_is_overridden():
     assert config.model.mlp_width == 256
     config.num_steps = 777  # what --config.num_steps=777 does
     assert config.model.anneal_steps == 777
+
+
+@pytest.mark.parametrize('arg', ['toyshapes', 'toysprites', 'shapes3d'])
+def test_every_dataset_but_tiny_keeps_lddrs_network(arg):
+    """The clones train lddr's network too (the other models' configs give them the small one);
+    the procedural datasets' one change is the learning rate of the CPU schedule."""
+    model = categorical_vae_config.get_config(arg).model
+    for field in ('enc_widths', 'enc_kernels', 'enc_strides', 'dec_widths', 'dec_kernels', 'dec_strides', 'mlp_width'):
+        assert model[field] == getattr(categorical_vae.Config, field), field
+    assert model.learning_rate == (1e-4 if arg == 'shapes3d' else 1e-3)
+    assert categorical_vae_config.get_config(arg + ',tiny').model.enc_widths != categorical_vae.Config.enc_widths
