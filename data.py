@@ -305,14 +305,16 @@ _DATASETS = {
         examples=lambda manual_dir, sizes, variant=variant: _mpi3d_examples(manual_dir, variant, sizes),
         file=f'{MPI3D_FILES[variant]} from {_MPI3D_URLS[variant]}')
        for variant in ('toy', 'realistic', 'real', 'complex')},
+    # version: this file's builder version for a dataset whose preparation changed (1.0.0 halved
+    # falcor3d and isaac3d by 2x2 means; 1.1.0 resizes as the QLAE code does, bicubic_halve).
     'falcor3d': dict(
-        factors=FALCOR3D_FACTORS, channels=3,
+        factors=FALCOR3D_FACTORS, channels=3, version='1.1.0',
         examples=lambda manual_dir, sizes: _png_folder_examples(
             os.path.join(manual_dir, 'Falcor3D_down128'), 'train-rec.labels', sizes),
         file='the folder Falcor3D_down128 (images/NNNNNN.png, train-rec.labels), unzipped from '
              'Falcor3D_down128.zip (https://github.com/NVlabs/High-res-disentanglement-datasets)'),
     'isaac3d': dict(
-        factors=ISAAC3D_FACTORS, channels=3,
+        factors=ISAAC3D_FACTORS, channels=3, version='1.1.0',
         examples=lambda manual_dir, sizes: _png_folder_examples(
             os.path.join(manual_dir, 'Isaac3D_down128'), 'labels.npy', sizes),
         file='the folder Isaac3D_down128 (images/NNNNNN.png, labels.npy), unzipped from '
@@ -449,6 +451,11 @@ def _prepared_dir(root, name, spec):
 
 def _prepared(name, spec, root):
     version_dir = _prepared_dir(root, name, spec)
+    wanted = spec.get('version', _BUILDER_VERSION)
+    if version_dir is not None and 'tfds' not in spec and os.path.basename(version_dir) != wanted:
+        raise DataError(f'{name} in {version_dir} was prepared by an older data.py (this one writes version '
+                        f'{wanted}, which changed how images are made); prepare it again: python data.py prepare '
+                        f'{name} --manual_dir=DIR --data_dir={root}')
     if version_dir is None:
         needs_tf = 'pip install -r requirements-tf.txt && ' if 'tfds' in spec else ''
         raise DataError(
@@ -565,6 +572,25 @@ def halve_resolution(images):
     return ((blocks.sum((-4, -2)) + 2) // 4).astype(np.uint8)
 
 
+def bicubic_halve(images):
+    """uint8 (..., 2H, 2W, C) -> (..., H, W, C) as the QLAE code resizes falcor3d and isaac3d:
+    tf.image.resize(x, (H, W), 'bicubic', antialias=True), clipped, then rounded to uint8 (they keep
+    the float: a difference of at most 0.5 / 255 per pixel)."""
+    *_, h, w, _ = images.shape
+    rows, cols = _bicubic_halve_weights(h), _bicubic_halve_weights(w)
+    out = np.einsum('ij,...jkc,lk->...ilc', rows, images.astype(np.float64), cols)
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+def _bicubic_halve_weights(n):
+    """(n / 2, n): TF's antialiased bicubic for a 2x reduction. Keys' cubic (a = -0.5) stretched by the
+    scale 2, centred on output pixel i at input coordinate 2i + 1: 8 taps, those outside the image
+    dropped and the rest renormalised (TF's scale_and_translate)."""
+    x = np.abs((np.arange(n) + 0.5 - (2 * np.arange(n // 2) + 1.0)[:, None]) / 2)
+    weights = np.where(x < 1, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2, ((-0.5 * x + 2.5) * x - 4) * x + 2, 0.0))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
 def _mpi3d_examples(manual_dir, variant, sizes):
     """One .npz holding `images` (N, 64, 64, 3) uint8, N = prod(sizes), in the
     unravelled factor order. Streamed from the zip member, so memory stays small."""
@@ -645,7 +671,7 @@ def _png_folder_examples(folder, labels_name, sizes):
                 raise DataError(f'{name}: cannot read {path} ({type(e).__name__}: {e})') from None
             if image.shape != (128, 128, 3) or image.dtype != np.uint8:
                 raise DataError(f'{name}: {path} is {image.dtype} {image.shape}, expected uint8 (128, 128, 3)')
-            yield i, halve_resolution(image), factors[i]
+            yield i, bicubic_halve(image), factors[i]
     return generate()
 
 
@@ -761,7 +787,8 @@ def prepare(name, manual_dir, data_dir=None, factor_sizes=None):
         level = absl_logger.level
         absl_logger.setLevel(logging.ERROR)  # not "Using custom data configuration": it is made here
         try:
-            builder = builder_cls(config=config_cls(name=name, version=_BUILDER_VERSION, factor_sizes=sizes),
+            builder = builder_cls(config=config_cls(name=name, version=spec.get('version', _BUILDER_VERSION),
+                                                    factor_sizes=sizes),
                                   data_dir=root)
         finally:
             absl_logger.setLevel(level)

@@ -192,8 +192,9 @@ def codebook_init(rng, config):
 
 def quantize(codebook, z_continuous):
     """Nearest codebook entry by squared L2. codebook (V, D), z (..., D) -> (entries (..., D), indices (...))."""
-    # |z - c|^2 expanded, so no (..., V, D) difference tensor is built; |z|^2 is the same for every c.
-    distances = (codebook ** 2).sum(axis=-1) - 2 * z_continuous @ codebook.T
+    # sum((z - c)^2), as the authors compute it. The expanded |c|^2 - 2 z.c loses the small gaps between
+    # near entries to rounding (and to TF32 in a GPU matmul): it can pick another entry than theirs.
+    distances = jnp.sum(jnp.square(z_continuous[..., None, :] - codebook), axis=-1)
     indices = jnp.argmin(distances, axis=-1)
     return codebook[indices], indices
 

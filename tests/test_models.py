@@ -84,6 +84,18 @@ def test_vq_picks_nearest_entry_like_a_brute_force_loop():
     np.testing.assert_array_equal(entries, codebook[np.asarray(indices)])
 
 
+def test_vq_near_ties_pick_the_entry_the_exact_distance_picks():
+    """Entries 1e-3 apart around a point of norm 80: |c|^2 - 2 z.c rounds their gaps away in float32
+    (it picked the wrong entry for all 50 rows), the authors' sum((z - c)^2) does not."""
+    rng = np.random.default_rng(0)
+    centre = rng.uniform(-1, 1, 64) * 10
+    codebook = (centre + rng.normal(scale=1e-3, size=(512, 64))).astype(np.float32)
+    z = (centre + rng.normal(scale=1e-3, size=(50, 64))).astype(np.float32)
+    _, indices = vqvae.quantize(jnp.asarray(codebook), jnp.asarray(z))
+    exact = ((z[:, None].astype(np.float64) - codebook[None].astype(np.float64)) ** 2).sum(axis=-1)
+    np.testing.assert_array_equal(indices, exact.argmin(axis=1))
+
+
 def test_vq_straight_through_and_codebook_gradients():
     rng = np.random.default_rng(3)
     codebook = jnp.asarray(rng.uniform(-1, 1, size=(8, 2)), jnp.float32)
