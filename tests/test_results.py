@@ -83,6 +83,24 @@ def test_cpu_devices_reaches_the_training_command(tmp_path, monkeypatch):
         assert chosen == ([expected] if expected else [])
 
 
+def test_each_row_trains_its_preset_steps_and_its_own_overrides(tmp_path, monkeypatch):
+    commands = []
+
+    def first_command_only(command):
+        commands.append(command)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(results, 'run', first_command_only)
+    args = results.parse_args(['--preset=cpu6k', f'--runs={tmp_path}', f'--out={tmp_path}'])
+    for row in ('qlae', 'infowgan_gp', 'lddr_factor_vae'):
+        with pytest.raises(SystemExit):
+            results.train_and_evaluate(args, row, str(tmp_path))
+    qlae, gan, factor_vae = commands
+    assert '--config.num_steps=6000' in qlae and '--config.num_steps=10000' in gan  # the GANs' longer schedule
+    assert '--config=configs/categorical_vae.py:toyshapes' in factor_vae
+    assert {'--config.model.gaussian=True', '--config.model.tc_penalty=30'} <= set(factor_vae)
+
+
 def test_results_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
     """results/README.md's table must be the one results/run.py writes from the committed per-seed JSON."""
     shutil.copytree(os.path.join(ROOT, 'results', 'toyshapes_cpu'), tmp_path / 'out' / 'toyshapes_cpu')
