@@ -7,6 +7,7 @@ Train: python train.py --config=configs/ae.py:shapes3d   (offline default: confi
 The encoder's output is the latent (one unconstrained real number per latent) and the decoder
 reconstructs the image from it; the only loss is the reconstruction cross-entropy. Nothing pushes
 the latents towards disentanglement, which is what makes this the reference point.
+Logged: bce (sigmoid cross-entropy, mean per pixel value), which is also the loss.
 
 This file is self-contained: it imports only jax, optax, numpy and the standard library, so it can be
 copied alone into another project. Interface (shared by every file in models/):

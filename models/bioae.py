@@ -9,6 +9,8 @@ The encoder's output is the latent, as in the plain AE. Two penalties shape it: 
 term (mean relu(-z), firing rates cannot be negative) and an activity term (mean z^2, activity
 costs energy). Under both, the cheapest code gives each source its own latents, which is the
 paper's argument for disentanglement. Weight decay on the network completes the set of constraints.
+Logged: bce (sigmoid cross-entropy, mean per pixel value), nonneg, activity and
+loss = bce + nonneg_weight nonneg + activity_weight activity.
 
 This file is self-contained: it imports only jax, optax, numpy and the standard library, so it can be
 copied alone into another project. Interface (shared by every file in models/):

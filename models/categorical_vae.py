@@ -12,13 +12,19 @@ from 0.5 to 2.0, and the decoder sees the expected grid value under that sample 
 latent). The prior is uniform over the grid. The network is disentanglement_lib's convolutional
 encoder and decoder as lddr writes it in Haiku (about 0.85M parameters at 64x64x3, d = 10), with
 Haiku's default initialisers and SAME padding. `straight_through_gap` is the paper's unsupervised
-model-selection score; eval.py reports it through `extra_eval`.
+model-selection score: |loss with the argmax one-hot - loss with the softmax|, both without noise
+(the TC term included when on); eval.py reports it through `extra_eval`, with loss_hard and loss_soft.
 
 `gaussian=True` is lddr's `run.py --gaussian`: the same encoder trunk and decoder, the encoder's last
 Linear gives d means and d log-variances (lddr: two Linear(d) heads, the same initialiser; here one
 Linear(2d) whose first d outputs are the means), z = mu + exp(logvar / 2) eps, and the KL term is
 sum_i KL(N(mu_i, sigma_i^2) || N(0, 1)). `encode` returns mu. The TC penalty and its discriminator are
 the same. There is no grid, no noise annealing and no straight-through gap.
+
+Logged: bce (sigmoid cross-entropy summed over pixels, batch mean: not QLAE's per-pixel mean), kl,
+noise_scale (categorical only) and loss = bce + kl_weight kl. With tc_penalty > 0 the loss gains
+tc_penalty tc, where tc = mean D_0(z) - D_1(z) is the discriminator's total-correlation estimate, and
+disc_loss is the discriminator's cross-entropy (log 2: it cannot tell z from z shuffled per latent).
 
 Interface (shared by every file in models/): Config, init, train_step, encode, decode, is_discrete.
 Imports only jax, optax, numpy and the standard library.

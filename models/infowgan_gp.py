@@ -17,6 +17,12 @@ generator's side, as in the authors' code: the generator's optimizer (plain Adam
 it, with the gradient of the generator loss, which reaches it through the sampled values of z and
 through its quantization term; the generator loss also holds the commitment term (0.01 each). The
 critic loss holds both terms too, of which only the commitment term moves the critic.
+Logged, for this step's critic update: wasserstein (mean D(real) - mean D(fake)), gradient_penalty
+(mean (||grad_x D(x_mix)||_2 - 1)^2 on per-example mixes of real and fake), latent_loss
+(mean (z_hat(x_fake) - z)^2), critic_loss = -wasserstein + 10 gradient_penalty + 200 latent_loss
+(also logged as loss; quantized: + 0.01 quantize_loss + 0.01 commit_loss, both logged); and gen_loss,
+the generator loss -mean D(x_fake) + 200 latent_loss (+ the same codebook terms) of the latest
+generator update.
 
 Interface (shared by every file in models/): Config, init, train_step, encode, decode, is_discrete.
 Imports only jax, optax, numpy and the standard library.

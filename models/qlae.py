@@ -7,6 +7,11 @@ Each latent has its own scalar codebook of `num_values` learnable values. The en
 output is snapped to the nearest value of its latent's codebook, gradients pass straight through,
 and two small terms pull codebook and encoder output towards each other. Strong weight decay on the
 network (not on the codebooks) is what makes the quantized latents disentangle.
+Logged: bce (sigmoid cross-entropy, mean per pixel value), quantize_loss (mean (sg(z) - q)^2: moves
+the codebook), commit_loss (mean (z - sg(q))^2: keeps the encoder near its codebook) and
+loss = bce + 0.01 quantize_loss + 0.01 commit_loss. Under the initialisation below, the encoder's
+first outputs are about as wide as the codebooks, linspace(-0.5, 0.5, 10) (std about 0.07 on the paper
+network), not about 1 as He-normal weights would make them.
 
 This file is self-contained: it imports only jax, optax, numpy and the standard library, so it can be
 copied alone into another project. Interface (shared by every file in models/):

@@ -8,6 +8,8 @@ Train: python train.py --config=configs/vae.py:shapes3d   (offline default: conf
 The encoder gives a mean and a (softplus) standard deviation per latent; training decodes a sample
 z = mu + sigma * eps, evaluation uses mu. The KL divergence to N(0, I), weighted by beta, pulls the
 posterior towards independent unit Gaussians, which is what is meant to disentangle the latents.
+Logged: bce (sigmoid cross-entropy, mean per pixel value), kl (the closed-form
+sum_k KL(N(mu_k, sigma_k^2) || N(0, 1)), nats per image, batch mean) and loss (below).
 
 This file is self-contained: it imports only jax, optax, numpy and the standard library, so it can be
 copied alone into another project. Interface (shared by every file in models/):
@@ -17,7 +19,8 @@ Deviations from the authors' code (kylehkhsu/latent_quantization): none known. N
 distributions (Equinox's defaults), optimizer groups and loss are theirs; written in plain JAX
 (NHWC), so a seed draws different initial numbers from the same distributions.
 As in their code, and unlike the beta-VAE paper, the loss is BCE averaged per pixel +
-beta (d / D_x) mean_k KL_k (D_x = H W C pixels): the summed beta-VAE loss divided by D_x.
+beta (d / D_x) mean_k KL_k (D_x = H W C pixels): the summed beta-VAE loss divided by D_x, so beta
+means what it means in the paper while the learning rate sees per-pixel magnitudes.
 """
 import dataclasses
 import functools

@@ -9,6 +9,8 @@ codebook of 512 learnable vectors shared by every latent; the decoder sees the d
 by side and the encoder gets their gradient unchanged (straight-through). A codebook term moves the
 chosen entries towards the encoder output, a commitment term keeps the encoder near its entries.
 The representation for metrics is the d entry indices: discrete, but 512 values with no order.
+Logged: bce (sigmoid cross-entropy, mean per pixel value), codebook_loss (mean (sg(z) - q)^2: moves
+the codebook), commit_loss (mean (z - sg(q))^2) and loss = bce + codebook_loss + 0.25 commit_loss.
 
 This file is self-contained: it imports only jax, optax, numpy and the standard library, so it can be
 copied alone into another project. Interface (shared by every file in models/):
