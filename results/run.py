@@ -1,7 +1,7 @@
-"""The papers' comparison in one command: every model, three seeds, every metric, one table.
+"""The papers' comparison in one command: every model, seven seeds, every metric, one table.
 
-  python results/run.py --dataset=toyshapes --preset=cpu      # the table in results/README.md (a 2-core CPU: hours)
-  python results/run.py --dataset=toyshapes --preset=cpu6k --seeds=7   # the main job's recipe, 7 seeds
+  python results/run.py --dataset=toyshapes --preset=cpu6k    # the table in results/README.md: the main job's recipe, 7 seeds (a 2-core CPU: days)
+  python results/run.py --dataset=toyshapes --preset=cpu      # the earlier table: 3,000 steps, 3 seeds
   python results/run.py --dataset=shapes3d --preset=paper     # the papers' settings, for a GPU
   python results/run.py --dataset=toyshapes --preset=tiny     # seconds a model: checks the pipeline only
 
@@ -49,19 +49,19 @@ MODELS = (
     ('infowgan_gp', 'infowgan_gp', ()),
     ('qlinfowgan_gp', 'infowgan_gp', ('--config.model.quantized=True',)),
 )
-# Per preset: the config arg's presets, train.py overrides, and eval.py's FactorVAE/BetaVAE votes
-# (None: disentanglement_lib's 10,000). The CPU schedule is chosen in results/README.md from
+# Per preset: the config arg's presets, train.py overrides, eval.py's FactorVAE/BetaVAE votes
+# (None: disentanglement_lib's 10,000) and the default number of seeds. The CPU schedule is chosen in results/README.md from
 # results/schedule.py's curves.
 PRESETS = {
-    'cpu': {'presets': '', 'num_steps': 3000, 'votes': 1000},
+    'cpu': {'presets': '', 'num_steps': 3000, 'votes': 1000, 'seeds': 3},
     # README's main job's recipe (batch 32, 6,000 steps): in the schedule study the shortest that
     # captured the most factors (3 of 6); none affordable on a CPU captured all six.
-    'cpu6k': {'presets': '', 'num_steps': 6000, 'votes': 1000,
+    'cpu6k': {'presets': '', 'num_steps': 6000, 'votes': 1000, 'seeds': 7,
               # A GAN step is one critic update (a generator update every 5th); in an earlier run one
               # InfoWGAN-GP seed had learned scenes by step 10,000: both GAN rows train that long.
               'row_steps': {'infowgan_gp': 10_000, 'qlinfowgan_gp': 10_000}},
-    'paper': {'presets': ',paper', 'num_steps': None, 'votes': None},
-    'tiny': {'presets': ',tiny', 'num_steps': 20, 'votes': 20},
+    'paper': {'presets': ',paper', 'num_steps': None, 'votes': None, 'seeds': 7},
+    'tiny': {'presets': ',tiny', 'num_steps': 20, 'votes': 20, 'seeds': 3},
 }
 # The numbers of the table, per eval.json result: (result, key, column title).
 COLUMNS = (('infomec_paper', 'infom', 'InfoM'), ('infomec_paper', 'infoe', 'InfoE'), ('infomec_paper', 'infoc', 'InfoC'),
@@ -78,7 +78,8 @@ def parse_args(argv=None):
     parser.add_argument('--preset', default='cpu', help=f'one of {", ".join(PRESETS)}')
     parser.add_argument('--models', default='', help='comma list of the rows to train and evaluate (default: all): '
                         + ', '.join(name for name, _, _ in MODELS) + '; the table has every finished row')
-    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--seeds', type=int, default=None,
+                        help="seeds per row (default: the preset's; the QLAE authors' tables use 7)")
     parser.add_argument('--num_steps', type=int, default=0, help="override the preset's training steps")
     parser.add_argument('--runs', default=os.path.join(ROOT, 'runs', 'results'), help='where the runs train')
     parser.add_argument('--out', default=os.path.join(ROOT, 'results'), help='where the JSON, table, figures go')
@@ -97,6 +98,8 @@ def parse_args(argv=None):
         parser.exit(2, f'error: --models: unknown {", ".join(unknown)}; accepted: {", ".join(rows)}\n')
     if args.cpu_devices is not None and args.cpu_devices < 0:
         parser.exit(2, f'error: --cpu_devices={args.cpu_devices}: accepted: an integer >= 0 (0: one per core)\n')
+    if args.seeds is None:
+        args.seeds = PRESETS[args.preset]['seeds']
     if args.seeds < 2:
         parser.exit(2, f'error: --seeds={args.seeds}: an interval needs at least 2 seeds\n')
     return args
