@@ -20,13 +20,6 @@ from tests.conftest import ROOT
 LINK = re.compile(r'!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?[^)]*\)')
 FENCE = re.compile(r'^\s*(```+|~~~+)\s*([\w+-]*)')
 
-# Links a page still holds to something removed on purpose, until that page's editor relinks them.
-KNOWN_BROKEN = {
-    ('README.md', 'docs/models.md'): 'docs/models.md repeated the model files\' headers and was removed '
-                                     '(issue 23); README.md is being edited elsewhere and relinks it there',
-}
-
-
 def markdown_files():
     """The repository's tracked Markdown files, paths relative to ROOT (runs/ holds outputs, not docs)."""
     out = subprocess.run(['git', 'ls-files', '*.md'], cwd=ROOT, capture_output=True, text=True, check=True,
@@ -185,9 +178,7 @@ def link_cases():
     for page in markdown_files():
         with open(os.path.join(ROOT, page)) as f:
             for target in relative_links(f.read()):
-                reason = KNOWN_BROKEN.get((page, target))
-                marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-                cases.append(pytest.param(page, target, marks=marks, id=f'{page}->{target}'))
+                cases.append(pytest.param(page, target, id=f'{page}->{target}'))
     return cases
 
 
