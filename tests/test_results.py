@@ -67,14 +67,20 @@ def test_unknown_preset_or_model_is_one_error_line():
         assert result.returncode == 2 and result.stderr.count('\n') == 1 and result.stderr.startswith('error:')
 
 
-def test_cpu_devices_reaches_the_training_command(tmp_path, monkeypatch):
-    commands = []
+@pytest.fixture
+def commands(monkeypatch):
+    """The commands results.train_and_evaluate starts, each stopping it before anything runs."""
+    started = []
 
     def first_command_only(command):
-        commands.append(command)
+        started.append(command)
         raise SystemExit(0)
 
     monkeypatch.setattr(results, 'run', first_command_only)
+    return started
+
+
+def test_cpu_devices_reaches_the_training_command(tmp_path, commands):
     for flag, expected in (([], None), (['--cpu_devices=1'], '--config.cpu_devices=1')):
         args = results.parse_args(['--preset=tiny', '--models=qlae', f'--runs={tmp_path}', f'--out={tmp_path}', *flag])
         with pytest.raises(SystemExit):
@@ -83,14 +89,7 @@ def test_cpu_devices_reaches_the_training_command(tmp_path, monkeypatch):
         assert chosen == ([expected] if expected else [])
 
 
-def test_each_row_trains_its_preset_steps_and_its_own_overrides(tmp_path, monkeypatch):
-    commands = []
-
-    def first_command_only(command):
-        commands.append(command)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(results, 'run', first_command_only)
+def test_each_row_trains_its_preset_steps_and_its_own_overrides(tmp_path, commands):
     args = results.parse_args(['--preset=cpu6k', f'--runs={tmp_path}', f'--out={tmp_path}'])
     for row in ('qlae', 'infowgan_gp', 'lddr_factor_vae'):
         with pytest.raises(SystemExit):
