@@ -368,11 +368,14 @@ def evaluate_run(workdir, metrics=METRICS, test_samples=None, votes=None, n_jobs
                                  'max_db': PSNR_MAX_DB}
     seconds['reconstruction'] = encode_seconds  # encoding and decoding the evaluation set
     # A model file may define extra_eval(config, state, batches of images) -> {name: scalar}: a score of
-    # its own (the categorical VAE's straight-through gap), computed on the evaluation set.
+    # its own (the categorical VAE's straight-through gap), computed on the evaluation set; {} (the
+    # categorical VAE's Gaussian twin) adds nothing to the report.
     if hasattr(model, 'extra_eval'):
         batches = (dataset.images(chunk).astype(np.float32) / 255.0
                    for chunk in np.array_split(indices, -(-len(indices) // 500)))
-        results['extra_eval'] = {k: float(v) for k, v in model.extra_eval(model_config, state, batches).items()}
+        extra = {k: float(v) for k, v in model.extra_eval(model_config, state, batches).items()}
+        if extra:
+            results['extra_eval'] = extra
 
     # Merge: an earlier eval.json of this checkpoint keeps what was not recomputed now.
     path = os.path.join(workdir, 'eval.json')

@@ -254,6 +254,22 @@ def test_train_and_eval_on_toyshapes_tiny(tiny, tmp_path):
     assert metrics['straight_through_gap'] == pytest.approx(abs(metrics['loss_hard'] - metrics['loss_soft']))
 
 
+def test_gaussian_twin_trains_and_evaluates_on_toyshapes_tiny(tmp_path):
+    import eval as evaluation
+    config = tiny_config()
+    config.model.gaussian = True  # what --config.model.gaussian=True does
+    workdir = str(tmp_path / 'run')
+    state = train.train(config, workdir)
+    assert int(state['step']) == 20 and state['params']['encoder']['head']['w'].shape[-1] == 2 * config.model.num_latents
+    records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+    trained = [r for r in records if 'train/kl' in r]
+    assert trained and all(np.isfinite(r['train/kl']) and 'train/noise_scale' not in r for r in trained)
+    evaluation.evaluate_run(workdir, ('infomec',), n_jobs=1)
+    report = json.load(open(os.path.join(workdir, 'eval.json')))
+    assert not report['discrete_latents'] and 'extra_eval' not in report['metrics']  # no categories, no gap
+    assert report['config']['model']['gaussian'] is True
+
+
 def test_model_file_trains_with_tc_penalty_when_copied_alone(tmp_path):
     script = '''
 import jax, numpy as np, categorical_vae as m
