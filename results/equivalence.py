@@ -12,10 +12,12 @@ Originals (not part of this repository; the script imports them from the paths g
       InfoWGAN-GP, QLInfoWGAN-GP, and its InfoMEC functions (disentangle/metrics/).
   david-friede/lddr (Haiku, run.py): D-VAE, FactorDVAE, and its Gaussian VAE and FactorVAE.
 
-Re-run (about 10 minutes on a 2-core CPU):
+Re-run (the commits checked last; about 15 minutes on a 2-core CPU):
 
     git clone https://github.com/kylehkhsu/latent_quantization /tmp/latent_quantization
+    git -C /tmp/latent_quantization checkout 9a420a33505e03914f9b4fbfcafd221d25b8162f
     git clone https://github.com/david-friede/lddr /tmp/lddr
+    git -C /tmp/lddr checkout d12d04cedb0144096ab349446071cd018c211b1d
     python3 -m venv /tmp/venv-equiv
     /tmp/venv-equiv/bin/pip install -r requirements.txt -r requirements-equivalence.txt
     /tmp/venv-equiv/bin/python results/equivalence.py --latent_quantization=/tmp/latent_quantization --lddr=/tmp/lddr
@@ -40,6 +42,15 @@ Shims (all here, none in the originals' code; each is also listed in the output)
 - lddr's run.py runs at import time: the script sets sys.argv, stubs `torch` (utils.py imports its
   DataLoader) and the dataset lookup (a 64x64x3 stand-in with shapes3d's factor sizes), compiles
   run.py's source without its final `run(config)` line and executes it in a fresh module namespace.
+  run()'s loop (it builds a torch DataLoader) is replayed here: its key splits, initial_state,
+  train_step and update_temperatures(anneal_temperature(step)); the key Haiku hands jax.random in
+  the forward pass is recorded from one eager forward pass per step, so the table can hold it.
+- lddr's BCE calls `jnp.clip(logits, a_min=0)`, gone from current jax: run.py's functions see a
+  copy of jax.numpy whose clip maps a_min/a_max to min/max (jax.numpy itself is untouched).
+- InfoMEC rows: the authors' kNN calls (`mutual_info_classif`/`_regression`, unseeded) get
+  random_state=0, as this project seeds every call, and return their one number (numpy 2 refuses
+  to store a (1,) array into their scalar slots); `LogisticRegression(multi_class=...)`, gone from
+  current scikit-learn, drops that argument.
 - Random draws: `jax.random.normal/uniform/gumbel/randint/choice/permutation` are replaced, for the
   duration of the training loop, by lookups into tables of pre-drawn arrays keyed by the PRNG key each
   side asks with, so both sides get the same numbers however they split their keys (the originals
@@ -79,7 +90,15 @@ SHIMS = [
     'every floating parameter cast to float64',
     "lddr: run.py compiled without its final run(config) line and executed with sys.argv set; torch "
     "(utils.py imports its DataLoader) stubbed; named_data.get_named_ground_truth_data stubbed by a "
-    "64x64x3 stand-in with shapes3d's factor sizes (run.py reads only its shapes at import)",
+    "64x64x3 stand-in with shapes3d's factor sizes (run.py reads only its shapes at import); run()'s loop "
+    "(which builds a torch DataLoader) replayed in the script: its key splits, initial_state, train_step, "
+    "update_temperatures(train_state, anneal_temperature(step, config)); the key Haiku hands jax.random inside "
+    "forward is recorded from one eager forward pass per step",
+    "lddr: run.py's functions see a jax.numpy whose clip accepts a_min/a_max (removed from current jax), "
+    'mapped to min/max',
+    'InfoMEC rows: the authors\' kNN calls (mutual_info_classif, mutual_info_regression, unseeded) get '
+    'random_state=0, as this project seeds each call, and return their one number (numpy 2 refuses to store a '
+    '(1,) array in their scalar slots); LogisticRegression(multi_class=...) (removed from current scikit-learn) drops that argument',
     'both: jax.random.normal/uniform/gumbel/randint/choice/permutation replaced during training by lookups '
     'into tables of pre-drawn arrays keyed by the PRNG key each side asks with; this project\'s TC '
     'permutation (argsort of uniforms) gets ranks, so it equals the permutation lddr draws',
@@ -199,7 +218,10 @@ def write_table(rows, meta):
     lines += ['', 'Relative difference: |ours - theirs| / |theirs| for a scalar (the largest over the steps for '
               'a loss term); max |ours - theirs| / max |theirs| for an array (the largest over the '
               'parameters at the end).', '',
-              '| row | original | loss terms (max rel. diff over the steps) | params at end | encode | decode | max | result |',
+              'Model rows: the logged loss terms (this project\'s names), params at the end, encode and decode at the '
+              'copied weights before training. InfoMEC rows: NMI matrix, InfoM, InfoC, InfoE of metrics/infomec.py '
+              'against the authors\' functions on the same latents.', '',
+              '| row | original | loss terms, or metrics (max rel. diff over the steps) | params at end | encode | decode | max | result |',
               '| --- | --- | --- | --- | --- | --- | --- | --- |']
     for row in rows:
         terms = ', '.join(f'{k} {fmt(v)}' for k, v in row.get('loss_terms', {}).items()) or '-'
@@ -657,10 +679,8 @@ def run_lq(path, name, steps, batch):
         theirs_z = outs[theirs_z]
         decoder_input = outs['z_hat'] if name != 'vqvae' else outs['z_quantized']
         decoded = jax.vmap(model.decoder)(decoder_input)['x_hat_logits']
-    if name == 'vqvae':
-        ours_dec = np.asarray(module.decode(config, state, jnp.asarray(decoder_input)))
-    else:
-        ours_dec = np.asarray(module.decode(config, state, jnp.asarray(theirs_z)))
+    # Decode their latents (VQ-VAE: their indices; our decode looks the entries up in the codebook).
+    ours_dec = np.asarray(module.decode(config, state, jnp.asarray(theirs_z)))
     theirs_dec = np.transpose(np.asarray(jax.nn.sigmoid(decoded)), (0, 2, 3, 1))
     row = {'row': name, 'original': 'latent_quantization', 'encode': rel_diff(ours_z, np.asarray(theirs_z)),
            'decode': rel_diff(ours_dec, theirs_dec)}
@@ -683,7 +703,8 @@ def run_lq(path, name, steps, batch):
                 if (step + 1) % lq_cfg.optim.generator_step_period == 0:
                     model, optimizer_states, generator_metrics = generator_step(
                         model, optimizers, optimizer_states, data, key=generator_key)
-                    theirs = {**theirs, **generator_metrics}
+                    # Only the generator's own loss: its latent_loss is not the one the critic step logs.
+                    theirs = {**theirs, 'generator_loss': generator_metrics['generator_loss']}
             else:
                 model, optimizer_state, theirs = train_step(model, optimizer, optimizer_state, data, jnp.asarray(step),
                                                             keys[step])
@@ -697,6 +718,315 @@ def run_lq(path, name, steps, batch):
     row['params'] = max_over_leaves(state['params'], lq_params(name, model))
     row['steps'] = steps
     row['final_loss'] = {'ours': terms[list(terms)[0]][-1], 'theirs': theirs_terms[list(terms)[0]][-1]}
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# lddr: run.py executed without its last line; conversion; training
+# ----------------------------------------------------------------------------------------------
+
+LDDR_IMAGE = (64, 64, 3)  # lddr's decoder is fixed at 64x64 (its 4x4x64 reshape, four stride-2 deconvs)
+LDDR_GAMMA = 30.0         # --gamma for the TC rows: 30, lddr's README example
+# row -> (run.py flags, this project's Config overrides)
+LDDR_SPECS = {
+    'dvae': ([], {}),
+    'factordvae': (['--tc', f'--gamma={LDDR_GAMMA}'], {'tc_penalty': LDDR_GAMMA}),
+    'lddr_vae': (['--gaussian'], {'gaussian': True}),
+    'lddr_factorvae': (['--gaussian', '--tc', f'--gamma={LDDR_GAMMA}'], {'gaussian': True, 'tc_penalty': LDDR_GAMMA}),
+}
+# lddr's logged name -> ours
+LDDR_TERMS = {'loss': 'loss', 'recon_loss': 'bce', 'kl_loss': 'kl', 'tc_loss': 'tc', 'disc_loss': 'disc_loss'}
+
+
+class StandInData:
+    """What run.py reads from its dataset at import: the observation shape and the factor sizes."""
+    observation_shape = LDDR_IMAGE
+    factors_num_values = [10, 10, 10, 8, 4, 15]  # shapes3d's
+
+
+@contextlib.contextmanager
+def swapped_modules(replacements):
+    """sys.modules entries replaced while the block runs (this project has its own `data` module)."""
+    saved = {name: sys.modules.get(name) for name in replacements}
+    sys.modules.update(replacements)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def load_lddr(path, flags):
+    """run.py's namespace (its functions, config and optimizers) for these command-line flags."""
+    path = os.path.abspath(path)
+    with open(os.path.join(path, 'run.py')) as f:
+        source = f.read()
+    lines = source.rstrip().split('\n')
+    if lines[-1].strip() != 'run(config)':
+        raise RuntimeError("lddr's run.py does not end with run(config): the shim needs updating")
+    source = '\n'.join(lines[:-1]) + '\n'
+    torch = types.ModuleType('torch')
+    torch.Generator = object
+    torch_utils = types.ModuleType('torch.utils')
+    torch_data = types.ModuleType('torch.utils.data')
+    torch_data.DataLoader = object
+    torch.utils, torch_utils.data = torch_utils, torch_data
+    named_data = types.ModuleType('data.ground_truth.named_data')
+    named_data.get_named_ground_truth_data = lambda name: StandInData()
+    ground_truth = types.ModuleType('data.ground_truth')
+    ground_truth.__path__ = []
+    ground_truth.named_data, ground_truth.util = named_data, types.ModuleType('data.ground_truth.util')
+    data_package = types.ModuleType('data')
+    data_package.__path__, data_package.ground_truth = [], ground_truth
+    metrics_package = types.ModuleType('evaluation.metrics')
+    metrics_package.__path__, metrics_package.mig = [], types.ModuleType('evaluation.metrics.mig')
+    evaluation = types.ModuleType('evaluation')
+    evaluation.__path__, evaluation.metrics = [], metrics_package
+    spec = importlib.util.spec_from_file_location('lddr_utils', os.path.join(path, 'utils.py'))
+    replacements = {'torch': torch, 'torch.utils': torch_utils, 'torch.utils.data': torch_data, 'data': data_package,
+                    'data.ground_truth': ground_truth, 'data.ground_truth.named_data': named_data,
+                    'data.ground_truth.util': ground_truth.util, 'evaluation': evaluation,
+                    'evaluation.metrics': metrics_package, 'evaluation.metrics.mig': metrics_package.mig}
+    with swapped_modules(replacements):
+        lddr_utils = importlib.util.module_from_spec(spec)
+        sys.modules['utils'] = lddr_utils  # run.py: `from utils import ...`
+        try:
+            spec.loader.exec_module(lddr_utils)
+            namespace = {'__name__': 'lddr_run', '__file__': os.path.join(path, 'run.py')}
+            saved_argv = sys.argv
+            sys.argv = ['run.py', '--dataset=shapes3d'] + flags
+            try:
+                exec(compile(source, os.path.join(path, 'run.py'), 'exec'), namespace)
+            finally:
+                sys.argv = saved_argv
+        finally:
+            sys.modules.pop('utils', None)
+    # Current jax.numpy.clip has no a_min/a_max (run.py's BCE calls jnp.clip(logits, a_min=0)): run.py's
+    # functions see a jnp whose clip maps them to min/max; jax.numpy itself is untouched.
+    import jax.numpy as jnp
+    lddr_jnp = types.SimpleNamespace(**vars(jnp))
+    lddr_jnp.clip = lambda x, a_min=None, a_max=None, **kwargs: jnp.clip(
+        x, kwargs.pop('min', a_min), kwargs.pop('max', a_max), **kwargs)
+    namespace['jnp'] = lddr_jnp
+    return namespace
+
+
+def lddr_params(params, gaussian):
+    """lddr's Haiku parameters in this project's names (the layouts are Haiku's on both sides)."""
+    plain = lambda p: {'w': np.asarray(p['w']), 'b': np.asarray(p['b'])}
+    head = two_heads_to_one(params['enc_means'], params['enc_logvar']) if gaussian else plain(params['enc_attn_key'])
+    return {'encoder': {'convs': [plain(params[f'enc_conv{i}']) for i in range(4)], 'fc': plain(params['enc_mlp']),
+                        'head': head},
+            'decoder': {'fc1': plain(params['dec_mlp/~/linear_0']), 'fc2': plain(params['dec_mlp/~/linear_1']),
+                        'deconvs': [plain(params[f'dec_deconv{i}']) for i in range(4)]}}
+
+
+def lddr_disc_params(params, num_layers):
+    return [{'w': np.asarray(params[f'discriminator/~/linear_{i}']['w']),
+             'b': np.asarray(params[f'discriminator/~/linear_{i}']['b'])} for i in range(num_layers + 1)]
+
+
+def haiku_draw_key(ns, train_state, key, batch, function):
+    """The key lddr's forward pass hands jax.random.<function> (Haiku derives it from the step's key):
+    recorded from one eager forward pass."""
+    import jax
+    recorded = []
+    saved = getattr(jax.random, function)
+
+    def record(k, *args, **kwargs):
+        recorded.append(k)
+        return saved(k, *args, **kwargs)
+
+    setattr(jax.random, function, record)
+    try:
+        with jax.disable_jit():
+            ns['forward'].apply(train_state.params, train_state.state, key, batch, ns['config'])
+    finally:
+        setattr(jax.random, function, saved)
+    assert len(recorded) == 1, recorded
+    return recorded[0]
+
+
+def run_lddr(path, name, steps, batch):
+    import jax
+    import jax.numpy as jnp
+    jax.clear_caches()
+    flags, overrides = LDDR_SPECS[name]
+    ns = load_lddr(path, flags)
+    lddr_config = ns['config']
+    module, config_module = import_project('categorical_vae', 'categorical_vae')
+    config = project_config(module, config_module, 'shapes3d', overrides)
+    gaussian, tc = config.gaussian, config.tc_penalty > 0
+    assert lddr_config.run.discrete == (not gaussian) and lddr_config.loss.tc == tc
+    assert config.anneal_steps == lddr_config.run.num_train_steps and config.num_latents == lddr_config.model.N
+    rng = np.random.default_rng(0)
+    images = random_images(rng, (steps + 1) * batch, LDDR_IMAGE).reshape(steps + 1, batch, *LDDR_IMAGE)
+
+    # run(): the seed's key, split once for the initial state, once per step.
+    key = jax.random.PRNGKey(lddr_config.run.seed)
+    key, init_key = jax.random.split(key)
+    train_state = ns['initial_state'](init_key, jnp.asarray(images[0]), lddr_config)
+    state = project_state(module, config, LDDR_IMAGE, lddr_params(train_state.params, gaussian))
+    if tc:
+        disc = jax.tree_util.tree_map(jnp.asarray, lddr_disc_params(train_state.params_disc, lddr_config.discriminator.num_layers))
+        state['disc_params'] = disc
+        state['disc_opt_state'] = module.disc_optimizer(config).init(disc)
+    # The embedding lddr keeps as a (stop-gradient) parameter is this project's fixed grid.
+    embed_diff = None if gaussian else rel_diff(np.asarray(module.grid(config)), np.asarray(train_state.params['~']['embed'])[0, :, 0])
+
+    x = jnp.asarray(images[0])
+    ours_z = np.asarray(module.encode(config, state, x))
+    theirs_z = np.asarray(ns['represent'](train_state, x, lddr_config))
+    import haiku as hk
+    decode_fn = hk.without_apply_rng(hk.transform(lambda z: ns['decode'](z, lddr_config)))
+    theirs_dec = np.asarray(jax.nn.sigmoid(decode_fn.apply(train_state.params, jnp.asarray(theirs_z))))
+    ours_dec = np.asarray(module.decode(config, state, jnp.asarray(theirs_z)))
+    row = {'row': name, 'original': 'lddr', 'encode': rel_diff(ours_z, theirs_z), 'decode': rel_diff(ours_dec, theirs_dec)}
+
+    # The step keys run() makes, and the draws both sides get under them.
+    table, step_keys = DrawTable(), []
+    draw = 'normal' if gaussian else 'gumbel'
+    d, k = config.num_latents, config.num_categories
+    for step in range(steps):
+        key, step_key = jax.random.split(key)
+        step_keys.append(step_key)
+        noise = rng.normal(size=(batch, d)) if gaussian else rng.gumbel(size=(batch, d, k))
+        noise_key, permute_key = jax.random.split(step_key)  # ours
+        table.add(draw, noise_key, noise)
+        table.add(draw, haiku_draw_key(ns, train_state, step_key, jnp.asarray(images[step + 1]), draw), noise)
+        if tc:
+            perm = np.stack([rng.permutation(batch) for _ in range(d)], axis=1)
+            table.add('uniform', permute_key, ranks_for_permutation(perm))  # ours: argsort of these
+            chain = jax.random.split(step_key)[1]  # lddr's train_step: `_, key = split(rng)`; shuffle_codes
+            for i in range(d):
+                chain, column_key = jax.random.split(chain)
+                table.add('permutation', column_key, perm[:, i])
+    ours_terms, theirs_terms = {}, {}
+    with predrawn(table):
+        for step in range(steps):
+            x = jnp.asarray(images[step + 1])
+            state, metrics = module.train_step(config, state, x, step_keys[step])
+            train_state, scalars = ns['train_step'](train_state, step_keys[step], x, lddr_config)
+            if lddr_config.run.discrete:  # run(): the noise scale for the next step
+                train_state = ns['update_temperatures'](train_state, ns['anneal_temperature'](step + 1, lddr_config))
+            for theirs, ours in LDDR_TERMS.items():
+                if theirs in scalars:
+                    ours_terms.setdefault(ours, []).append(float(metrics[ours]))
+                    theirs_terms.setdefault(ours, []).append(float(scalars[theirs]))
+    row['loss_terms'] = {n: max(rel_diff(a, b) for a, b in zip(ours_terms[n], theirs_terms[n])) for n in ours_terms}
+    params = lddr_params(train_state.params, gaussian)
+    row['params'] = max_over_leaves(state['params'], params)
+    if tc:
+        row['params'] = max(row['params'], max_over_leaves(
+            state['disc_params'], lddr_disc_params(train_state.params_disc, lddr_config.discriminator.num_layers)))
+    if embed_diff is not None:  # lddr's embed is a parameter it never moves (stop_gradient, Adam on zeros)
+        embed_end = rel_diff(np.asarray(module.grid(config)), np.asarray(train_state.params['~']['embed'])[0, :, 0])
+        row['notes'] = (f"lddr's embed parameter vs this project's fixed grid linspace(-1, 1, 64): rel. diff "
+                        f"{fmt(embed_diff)} at the start, {fmt(embed_end)} at the end (included in params)")
+        row['params'] = max(row['params'], embed_diff, embed_end)
+    row['steps'] = steps
+    row['final_loss'] = {'ours': ours_terms['loss'][-1], 'theirs': theirs_terms['loss'][-1]}
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# InfoMEC: metrics/infomec.py against the authors' own functions, on the same latents
+# ----------------------------------------------------------------------------------------------
+
+INFOMEC_SAMPLES = 2000
+
+
+def infomec_data(discrete, seed=0):
+    """Sources with shapes3d's factor sizes and 12 latents made from them: six informative (each a
+    noisy function of one source, one of them mixing two), four uninformative (one with a range that
+    only the standalone protocol's rule keeps active), two (near-)constant.
+    Discrete latents are float codebook values, as QLAE's are; continuous ones real numbers."""
+    rng = np.random.default_rng(seed)
+    sizes = np.array([10, 10, 10, 8, 4, 15])
+    sources = rng.integers(0, sizes, size=(INFOMEC_SAMPLES, len(sizes)))
+    unit = sources / (sizes - 1)
+    informative = unit.copy()
+    informative[:, 5] = 0.5 * unit[:, 5] + 0.5 * unit[:, 0]
+    if discrete:
+        values = np.linspace(-0.5, 0.5, 10)
+        codes = np.minimum((informative * 10).astype(int), 9)
+        flip = rng.uniform(size=codes.shape) < 0.15
+        codes = np.where(flip, rng.integers(0, 10, size=codes.shape), codes)
+        noise = rng.integers(0, 10, size=(INFOMEC_SAMPLES, 4))
+        noise[:, 3] = rng.integers(4, 6, size=INFOMEC_SAMPLES)  # range 1/9 of the largest: active only in 'standalone'
+        latents = np.concatenate([values[codes], values[noise], np.full((INFOMEC_SAMPLES, 2), values[3])], axis=1)
+    else:
+        noise = rng.normal(size=(INFOMEC_SAMPLES, 4))
+        noise[:, 3] = rng.uniform(0, 0.6, size=INFOMEC_SAMPLES)  # about 1/11 of the largest range: 'standalone' only
+        latents = np.concatenate([informative + 0.1 * rng.normal(size=informative.shape), noise,
+                                  1e-3 * rng.normal(size=(INFOMEC_SAMPLES, 2))], axis=1)
+    return sources, latents
+
+
+@contextlib.contextmanager
+def authors_metric_shims():
+    """Their kNN calls draw unseeded tie-breaking noise (ours: random_state=0 per call, the same per
+    call here); current scikit-learn has no LogisticRegression(multi_class=...)."""
+    import functools
+    import sklearn.feature_selection
+    import sklearn.linear_model
+    saved = (sklearn.feature_selection.mutual_info_classif, sklearn.feature_selection.mutual_info_regression,
+             sklearn.linear_model.LogisticRegression)
+    logistic = saved[2]
+
+    def one_feature(estimator):
+        # They store each one-feature result into a scalar slot (ret[i, j] = ...), which numpy 2
+        # refuses for a (1,) array: the call gives its one number.
+        def call(X, y, **kwargs):
+            result = estimator(X, y, **{'random_state': 0, **kwargs})
+            return result[0] if np.shape(X)[1] == 1 else result
+        return call
+
+    sklearn.feature_selection.mutual_info_classif = one_feature(saved[0])
+    sklearn.feature_selection.mutual_info_regression = one_feature(saved[1])
+    sklearn.linear_model.LogisticRegression = lambda **kw: logistic(**{k: v for k, v in kw.items() if k != 'multi_class'})
+    try:
+        yield
+    finally:
+        (sklearn.feature_selection.mutual_info_classif, sklearn.feature_selection.mutual_info_regression,
+         sklearn.linear_model.LogisticRegression) = saved
+
+
+def run_infomec(path, name):
+    import disentangle.metrics.infomec as their_standalone
+    import disentangle.metrics.mutual_information as their_mi
+    import disentangle.metrics.explicitness as their_explicitness
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from metrics import infomec as ours_module
+    _, protocol, kind = name.split('_')
+    discrete = kind == 'discrete'
+    sources, latents = infomec_data(discrete)
+    ours = ours_module.infomec(sources, latents, discrete, protocol=protocol)
+    import warnings
+    with authors_metric_shims(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # their deprecated arguments and unconverged fits, as ours (100 iterations)
+        if protocol == 'standalone':
+            theirs = their_standalone.compute_infomec(sources, latents, discrete)
+            theirs = {k: np.asarray(theirs[k]) for k in ('infom', 'infoe', 'infoc', 'nmi')}
+        else:  # what scripts/train_ae.py logs (log_disentanglement_metrics): NMI normalised by the
+            # sources, kNN for continuous latents and the plug-in estimator for discrete ones; the ratios;
+            # explicitness_classification
+            nmi, mask = their_mi.compute_pairwise_mutual_information(
+                latents=latents, sources=sources, continuous_latents=not discrete,
+                estimator='discrete-discrete' if discrete else 'continuous-discrete', normalization='sources')
+            theirs = {'infom': their_mi.compute_mutual_information_ratio(nmi, mask, 'modularity'),
+                      'infoe': their_explicitness.explicitness_classification(latents, sources),
+                      'infoc': their_mi.compute_mutual_information_ratio(nmi, mask, 'compactness'),
+                      'nmi': np.asarray(nmi).T}
+    row = {'row': name, 'original': 'latent_quantization',
+           'loss_terms': {k: rel_diff(ours[k], np.asarray(theirs[k], np.float64)) for k in ('nmi', 'infom', 'infoc', 'infoe')},
+           'values': {k: {'ours': float(ours[k]), 'theirs': float(theirs[k])} for k in ('infom', 'infoe', 'infoc')}}
+    row['notes'] = (f'{INFOMEC_SAMPLES} synthetic samples ({"float codebook values" if discrete else "real latents"}); '
+                    + ', '.join(f"{k} ours {v['ours']:.6f} theirs {v['theirs']:.6f}" for k, v in row['values'].items()))
     return row
 
 
@@ -748,8 +1078,12 @@ def main(argv=None):
     import jax
     jax.config.update('jax_enable_x64', True)
     import datetime
+    ran = {'latent_quantization:': any(m in LQ_MODELS + INFOMEC_ROWS for m in args.models), 'lddr:': any(m in LDDR_MODELS for m in args.models),
+           'InfoMEC rows:': any(m in INFOMEC_ROWS for m in args.models),
+           'both:': any(m in LQ_MODELS + LDDR_MODELS for m in args.models)}
+    shims = [s for s in SHIMS if any(s.startswith(prefix) and used for prefix, used in ran.items())]
     meta = {'date': datetime.date.today().isoformat(), 'steps': args.steps, 'batch_size': args.batch_size,
-            'originals': {}, 'shims': SHIMS, 'tolerance': TOLERANCE, 'jax': jax.__version__}
+            'originals': {}, 'shims': shims, 'tolerance': TOLERANCE, 'jax': jax.__version__}
     if args.latent_quantization:
         meta['originals']['kylehkhsu/latent_quantization'] = {
             'commit': commit_of(args.latent_quantization, args.latent_quantization_commit)}
