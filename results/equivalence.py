@@ -563,6 +563,15 @@ def max_over_leaves(ours, theirs):
     return max(rel_diff(a, b) for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)))
 
 
+def worst_leaf(ours, theirs):
+    """The parameter (this project's path) with the largest relative difference, for the JSON."""
+    import jax
+    paths = jax.tree_util.tree_flatten_with_path(ours)[0]
+    diffs = [rel_diff(a, b) for (_, a), b in zip(paths, jax.tree_util.tree_leaves(theirs))]
+    i = int(np.argmax(diffs))
+    return {'path': jax.tree_util.keystr(paths[i][0]), 'rel_diff': diffs[i]}
+
+
 def random_images(rng, n, shape):
     """Smooth random images in [0, 1] (random low-frequency patterns), float64, NHWC."""
     h, w, c = shape
@@ -714,10 +723,13 @@ def run_lq(path, name, steps, batch):
                 factor = d if factor == 'd' else factor
                 terms[our_name].append(float(metrics[our_name]))
                 theirs_terms[our_name].append(factor * float(jnp.mean(theirs[their_name])))
-    row['loss_terms'] = {k: max(rel_diff(a, b) for a, b in zip(terms[k], theirs_terms[k])) for k in terms}
+    row['per_step'] = {k: [rel_diff(a, b) for a, b in zip(terms[k], theirs_terms[k])] for k in terms}
+    row['loss_terms'] = {k: max(v) for k, v in row['per_step'].items()}
     row['params'] = max_over_leaves(state['params'], lq_params(name, model))
+    row['params_worst'] = worst_leaf(state['params'], lq_params(name, model))
     row['steps'] = steps
-    row['final_loss'] = {'ours': terms[list(terms)[0]][-1], 'theirs': theirs_terms[list(terms)[0]][-1]}
+    row['first_and_last'] = {k: {'ours': [terms[k][0], terms[k][-1]], 'theirs': [theirs_terms[k][0], theirs_terms[k][-1]]}
+                             for k in terms}
     return row
 
 
@@ -916,9 +928,11 @@ def run_lddr(path, name, steps, batch):
                 if theirs in scalars:
                     ours_terms.setdefault(ours, []).append(float(metrics[ours]))
                     theirs_terms.setdefault(ours, []).append(float(scalars[theirs]))
-    row['loss_terms'] = {n: max(rel_diff(a, b) for a, b in zip(ours_terms[n], theirs_terms[n])) for n in ours_terms}
+    row['per_step'] = {n: [rel_diff(a, b) for a, b in zip(ours_terms[n], theirs_terms[n])] for n in ours_terms}
+    row['loss_terms'] = {n: max(v) for n, v in row['per_step'].items()}
     params = lddr_params(train_state.params, gaussian)
     row['params'] = max_over_leaves(state['params'], params)
+    row['params_worst'] = worst_leaf(state['params'], params)
     if tc:
         row['params'] = max(row['params'], max_over_leaves(
             state['disc_params'], lddr_disc_params(train_state.params_disc, lddr_config.discriminator.num_layers)))
@@ -928,7 +942,8 @@ def run_lddr(path, name, steps, batch):
                         f"{fmt(embed_diff)} at the start, {fmt(embed_end)} at the end (included in params)")
         row['params'] = max(row['params'], embed_diff, embed_end)
     row['steps'] = steps
-    row['final_loss'] = {'ours': ours_terms['loss'][-1], 'theirs': theirs_terms['loss'][-1]}
+    row['first_and_last'] = {k: {'ours': [ours_terms[k][0], ours_terms[k][-1]], 'theirs': [theirs_terms[k][0], theirs_terms[k][-1]]}
+                             for k in ours_terms}
     return row
 
 
