@@ -28,7 +28,8 @@ disc_loss is the discriminator's cross-entropy (log 2: it cannot tell z from z s
 
 Interface (shared by every file in models/): Config, init, train_step, encode, decode, is_discrete.
 Imports only jax, optax, numpy and the standard library.
-Deviations from the authors' code (checked line by line against lddr's run.py and eval.py):
+Deviations from the authors' code (checked line by line against lddr's run.py and eval.py, and step
+for step in float64 for all four variants: results/equivalence.md):
 - eval.py computes the straight-through gap on its evaluation set (10,000 images by default); lddr
   averages it over 1,000 fresh training batches of 64.
 - Additions that lddr fixes: `temperature` (lddr: 1) and `kl_weight` (lddr: 1); the defaults are lddr's.

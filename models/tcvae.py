@@ -19,8 +19,9 @@ This file is self-contained: it imports only jax, optax, numpy and the standard 
 copied alone into another project. Interface (shared by every file in models/):
     Config, init(key, config, image_shape), train_step(config, state, images, key),
     encode(config, state, images), decode(config, state, latents), is_discrete(config).
-Deviations from the authors' code (kylehkhsu/latent_quantization): none known. Network, initial
-distributions (Equinox's defaults), optimizer groups and loss are theirs; written in plain JAX
+Deviations from the authors' code (kylehkhsu/latent_quantization): none known; the same initial
+weights, batches and draws give their training trajectory in float64 (results/equivalence.md).
+Network, initial distributions (Equinox's defaults), optimizer groups and loss are theirs; written in plain JAX
 (NHWC), so a seed draws different initial numbers from the same distributions.
 As in their code, and unlike the beta-TCVAE paper, the loss is BCE averaged per pixel +
 (alpha mi + beta tc + gamma dim_kl) / D_x (D_x = H W C pixels): the summed loss divided by D_x.
