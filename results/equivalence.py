@@ -179,7 +179,7 @@ def rel_diff(ours, theirs):
 
 
 def row_max(row):
-    values = list(row.get('loss_terms', {}).values()) + [row.get(k) for k in ('params', 'encode', 'decode', 'metric')]
+    values = list(row.get('loss_terms', {}).values()) + [row.get(k) for k in ('params', 'encode', 'decode')]
     values = [v for v in values if v is not None]
     return max(values) if values else float('inf')
 
@@ -215,6 +215,9 @@ def write_table(rows, meta):
              'Originals:', '']
     for name, info in meta.get('originals', {}).items():
         lines.append(f"- {name}: commit `{info.get('commit')}`")
+    if meta.get('networks'):
+        lines += ['', 'Networks and settings:', '']
+        lines += [f'- {name}: {text}' for name, text in meta['networks'].items()]
     lines += ['', 'Relative difference: |ours - theirs| / |theirs| for a scalar (the largest over the steps for '
               'a loss term); max |ours - theirs| / max |theirs| for an array (the largest over the '
               'parameters at the end).', '',
@@ -225,8 +228,6 @@ def write_table(rows, meta):
               '| --- | --- | --- | --- | --- | --- | --- | --- |']
     for row in rows:
         terms = ', '.join(f'{k} {fmt(v)}' for k, v in row.get('loss_terms', {}).items()) or '-'
-        if row.get('metric') is not None:
-            terms = f"{row.get('metric_name', 'metric')} {fmt(row['metric'])}"
         result = 'pass' if row['status'] == 'pass' else f"deviation: {row['deviation']}"
         lines.append(f"| {row['row']} | {row.get('original', '')} | {terms} | {fmt(row.get('params'))} | "
                      f"{fmt(row.get('encode'))} | {fmt(row.get('decode'))} | {fmt(row['max'])} | {result} |")
@@ -862,7 +863,24 @@ def haiku_draw_key(ns, train_state, key, batch, function):
     return recorded[0]
 
 
-def run_lddr(path, name, steps, batch):
+NOISE_SCALE_FINDING = (
+    'finding: models/categorical_vae.py noise_scale (line `progress = jnp.minimum(step / config.anneal_steps, 1.0)`) '
+    'divides the int32 step, which JAX does in float32 even with x64 enabled, so the Gumbel noise scale has float32 '
+    "precision (step 1: 0.5 exactly, lddr's float64 anneal_temperature 0.5000000000411; step 1000: relative "
+    '8.5e-9); in float64 this is what separates the categorical rows from the others and it grows with the steps '
+    '(FactorDVAE at 40 steps: 1.1e-6 in tc); in a float32 run both sides hold a float32 scale (lddr rounds its float64 value)')
+
+
+def float64_noise_scale(config, step):
+    """categorical_vae.noise_scale with the step in float64: used only by the diagnostic re-run."""
+    import jax.numpy as jnp
+    progress = jnp.minimum(jnp.asarray(step, jnp.float64) / config.anneal_steps, 1.0)
+    return config.noise_end + (config.noise_start - config.noise_end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+
+
+def run_lddr(path, name, steps, batch, noise_scale_in_float64=False):
+    """One lddr row. noise_scale_in_float64: the diagnostic re-run with float64_noise_scale in place of
+    this project's noise_scale (never the row's result)."""
     import jax
     import jax.numpy as jnp
     jax.clear_caches()
@@ -870,6 +888,13 @@ def run_lddr(path, name, steps, batch):
     ns = load_lddr(path, flags)
     lddr_config = ns['config']
     module, config_module = import_project('categorical_vae', 'categorical_vae')
+    if noise_scale_in_float64:
+        saved = module.noise_scale
+        module.noise_scale = float64_noise_scale
+        try:
+            return run_lddr(path, name, steps, batch)
+        finally:
+            module.noise_scale = saved
     config = project_config(module, config_module, 'shapes3d', overrides)
     gaussian, tc = config.gaussian, config.tc_penalty > 0
     assert lddr_config.run.discrete == (not gaussian) and lddr_config.loss.tc == tc
@@ -1049,9 +1074,6 @@ def run_infomec(path, name):
 # Driver
 # ----------------------------------------------------------------------------------------------
 
-DEVIATIONS = {}  # row -> named cause, filled in where a row is known not to pass
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--latent_quantization', default='', help='checkout of kylehkhsu/latent_quantization')
@@ -1097,8 +1119,21 @@ def main(argv=None):
            'InfoMEC rows:': any(m in INFOMEC_ROWS for m in args.models),
            'both:': any(m in LQ_MODELS + LDDR_MODELS for m in args.models)}
     shims = [s for s in SHIMS if any(s.startswith(prefix) and used for prefix, used in ran.items())]
+    networks = {
+        'latent_quantization': (f"its image encoder and style decoder (configs encoder_partial/image.yaml, decoder_partial/"
+                                f"style_image.yaml) shrunk the same way on both sides: {LQ_IMAGE[0]}x{LQ_IMAGE[1]}x"
+                                f"{LQ_IMAGE[2]} images, conv widths {list(LQ_NET['enc_widths'])} (kernels "
+                                f"{list(LQ_NET['enc_kernels'])}, strides {list(LQ_NET['enc_strides'])}), dense "
+                                f"{[LQ_NET['mlp_width']] * 2}, style transposed convs {list(LQ_NET['dec_widths'])}; "
+                                "every other setting from train_ae.yaml / train_gan.yaml, model_partial/*.yaml and "
+                                "the shapes3d parameter files; 12 latents (twice_sources on shapes3d)"),
+        'lddr': (f"run.py's own network and settings (its layers are fixed in code, so not shrunk): "
+                 f"{LDDR_IMAGE[0]}x{LDDR_IMAGE[1]}x{LDDR_IMAGE[2]} images, 10 latents, K = 64, --dataset=shapes3d, "
+                 f"--gamma={LDDR_GAMMA:g} for the TC rows"),
+        'this project': "configs/<model>.py:shapes3d's model fields, with the network fields set to the original's",
+    }
     meta = {'date': datetime.date.today().isoformat(), 'steps': args.steps, 'batch_size': args.batch_size,
-            'originals': {}, 'shims': shims, 'tolerance': TOLERANCE, 'jax': jax.__version__}
+            'originals': {}, 'networks': networks, 'shims': shims, 'tolerance': TOLERANCE, 'jax': jax.__version__}
     if args.latent_quantization:
         meta['originals']['kylehkhsu/latent_quantization'] = {
             'commit': commit_of(args.latent_quantization, args.latent_quantization_commit)}
@@ -1113,13 +1148,20 @@ def main(argv=None):
                 row = run_lq(args.latent_quantization, name, args.steps, args.batch_size)
             elif name in LDDR_MODELS:
                 row = run_lddr(args.lddr, name, args.steps, args.batch_size)
+                if name in ('dvae', 'factordvae'):  # the categorical rows: re-run with a float64 noise scale
+                    diagnostic = run_lddr(args.lddr, name, args.steps, args.batch_size, noise_scale_in_float64=True)
+                    row['diagnostic_float64_noise_scale'] = {k: diagnostic[k] for k in ('loss_terms', 'params', 'encode', 'decode')}
+                    row['diagnostic_float64_noise_scale']['max'] = row_max(diagnostic)
+                    row['notes'] = '; '.join(filter(None, [row.get('notes'), NOISE_SCALE_FINDING, (
+                        'diagnostic re-run with the scale computed in float64 (not the row\'s result): max rel. diff '
+                        f"{fmt(row['diagnostic_float64_noise_scale']['max'])}")]))
             else:
                 row = run_infomec(args.latent_quantization, name)
         except Exception as e:  # a row that cannot run is reported, not hidden
             import traceback
             traceback.print_exc()
             row = {'row': name, 'error': f'{type(e).__name__}: {e}'}
-        rows.append(finish_row(row, DEVIATIONS.get(name)))
+        rows.append(finish_row(row))
         print(json.dumps(rows[-1]), flush=True)
     with open(args.out + '.json', 'w') as f:
         json.dump({'meta': meta, 'rows': rows}, f, indent=1)
