@@ -748,7 +748,9 @@ LDDR_SPECS = {
     'lddr_factorvae': (['--gaussian', '--tc', f'--gamma={LDDR_GAMMA}'], {'gaussian': True, 'tc_penalty': LDDR_GAMMA}),
 }
 # lddr's logged name -> ours
-LDDR_TERMS = {'loss': 'loss', 'recon_loss': 'bce', 'kl_loss': 'kl', 'tc_loss': 'tc', 'disc_loss': 'disc_loss'}
+# (scale: the Gumbel noise scale of the step, which run() logs beside the losses)
+LDDR_TERMS = {'loss': 'loss', 'recon_loss': 'bce', 'kl_loss': 'kl', 'tc_loss': 'tc', 'disc_loss': 'disc_loss',
+              'scale': 'noise_scale'}
 
 
 class StandInData:
@@ -946,8 +948,12 @@ def run_lddr(path, name, steps, batch, noise_scale_in_float64=False):
         for step in range(steps):
             x = jnp.asarray(images[step + 1])
             state, metrics = module.train_step(config, state, x, step_keys[step])
+            if lddr_config.run.discrete:  # the noise scale this step uses: lddr keeps it in Haiku's state
+                scalars_before = {'scale': float(train_state.state['~']['scale'])}
             train_state, scalars = ns['train_step'](train_state, step_keys[step], x, lddr_config)
-            if lddr_config.run.discrete:  # run(): the noise scale for the next step
+            if lddr_config.run.discrete:
+                scalars = {**scalars, **scalars_before}
+                # run(): the noise scale for the next step
                 train_state = ns['update_temperatures'](train_state, ns['anneal_temperature'](step + 1, lddr_config))
             for theirs, ours in LDDR_TERMS.items():
                 if theirs in scalars:
