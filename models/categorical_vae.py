@@ -233,7 +233,9 @@ def grid(config):
 
 def noise_scale(config, step):
     """Cosine annealing from noise_start (step 0) to noise_end (step >= anneal_steps)."""
-    progress = jnp.minimum(step / config.anneal_steps, 1.0)
+    # The int32 step in the default float type: JAX divides int32 in float32 even with x64 on, where
+    # lddr's schedule is numpy float64 (in a float32 run both sides round to float32).
+    progress = jnp.minimum(jnp.asarray(step, jnp.result_type(float)) / config.anneal_steps, 1.0)
     return config.noise_end + (config.noise_start - config.noise_end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
 
 

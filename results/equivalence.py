@@ -865,24 +865,8 @@ def haiku_draw_key(ns, train_state, key, batch, function):
     return recorded[0]
 
 
-NOISE_SCALE_FINDING = (
-    'finding: models/categorical_vae.py noise_scale (line `progress = jnp.minimum(step / config.anneal_steps, 1.0)`) '
-    'divides the int32 step, which JAX does in float32 even with x64 enabled, so the Gumbel noise scale has float32 '
-    "precision (step 1: 0.5 exactly, lddr's float64 anneal_temperature 0.5000000000411; step 1000: relative "
-    '8.5e-9); in float64 this is what separates the categorical rows from the others and it grows with the steps '
-    '(FactorDVAE at 40 steps: 1.1e-6 in tc); in a float32 run both sides hold a float32 scale (lddr rounds its float64 value)')
-
-
-def float64_noise_scale(config, step):
-    """categorical_vae.noise_scale with the step in float64: used only by the diagnostic re-run."""
-    import jax.numpy as jnp
-    progress = jnp.minimum(jnp.asarray(step, jnp.float64) / config.anneal_steps, 1.0)
-    return config.noise_end + (config.noise_start - config.noise_end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
-
-
-def run_lddr(path, name, steps, batch, noise_scale_in_float64=False):
-    """One lddr row. noise_scale_in_float64: the diagnostic re-run with float64_noise_scale in place of
-    this project's noise_scale (never the row's result)."""
+def run_lddr(path, name, steps, batch):
+    """One lddr row."""
     import jax
     import jax.numpy as jnp
     jax.clear_caches()
@@ -890,13 +874,6 @@ def run_lddr(path, name, steps, batch, noise_scale_in_float64=False):
     ns = load_lddr(path, flags)
     lddr_config = ns['config']
     module, config_module = import_project('categorical_vae', 'categorical_vae')
-    if noise_scale_in_float64:
-        saved = module.noise_scale
-        module.noise_scale = float64_noise_scale
-        try:
-            return run_lddr(path, name, steps, batch)
-        finally:
-            module.noise_scale = saved
     config = project_config(module, config_module, 'shapes3d', overrides)
     gaussian, tc = config.gaussian, config.tc_penalty > 0
     assert lddr_config.run.discrete == (not gaussian) and lddr_config.loss.tc == tc
@@ -1154,13 +1131,6 @@ def main(argv=None):
                 row = run_lq(args.latent_quantization, name, args.steps, args.batch_size)
             elif name in LDDR_MODELS:
                 row = run_lddr(args.lddr, name, args.steps, args.batch_size)
-                if name in ('dvae', 'factordvae'):  # the categorical rows: re-run with a float64 noise scale
-                    diagnostic = run_lddr(args.lddr, name, args.steps, args.batch_size, noise_scale_in_float64=True)
-                    row['diagnostic_float64_noise_scale'] = {k: diagnostic[k] for k in ('loss_terms', 'params', 'encode', 'decode')}
-                    row['diagnostic_float64_noise_scale']['max'] = row_max(diagnostic)
-                    row['notes'] = '; '.join(filter(None, [row.get('notes'), NOISE_SCALE_FINDING, (
-                        'diagnostic re-run with the scale computed in float64 (not the row\'s result): max rel. diff '
-                        f"{fmt(row['diagnostic_float64_noise_scale']['max'])}")]))
             else:
                 row = run_infomec(args.latent_quantization, name)
         except Exception as e:  # a row that cannot run is reported, not hidden

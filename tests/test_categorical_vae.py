@@ -185,6 +185,21 @@ def test_noise_scale_is_cosine_annealed_from_half_to_two():
     assert scales[1] == pytest.approx(2.0 - 1.5 * 0.5 * (1 + np.cos(np.pi / 4)), rel=1e-5)
 
 
+def test_noise_scale_has_the_precision_of_lddrs_float64_schedule_under_x64():
+    """results/equivalence.py found the int32 step divided in float32 even with x64 on (step 1: exactly
+    0.5 where lddr's numpy schedule gives 0.5000000000411), which grew past 1e-6 in 40 FactorDVAE steps."""
+    config = categorical_vae.Config()
+    previous = jax.config.jax_enable_x64
+    jax.config.update('jax_enable_x64', True)
+    try:
+        for step in (1, 1000, 123_457):
+            ours = categorical_vae.noise_scale(config, jnp.asarray(step, jnp.int32))
+            theirs = 1.25 - 0.75 * np.cos(np.pi * step / config.anneal_steps)  # lddr's cosine_anneal, 0.5 -> 2.0
+            assert ours.dtype == jnp.float64 and abs(float(ours) - theirs) < 1e-15, (step, float(ours), theirs)
+    finally:
+        jax.config.update('jax_enable_x64', previous)
+
+
 def test_tc_permutation_shuffles_each_column_independently():
     z = np.arange(64 * 4, dtype=np.float32).reshape(64, 4)  # distinct values: positions are recoverable
     permuted = np.asarray(categorical_vae.permute_dims(jax.random.key(0), jnp.asarray(z)))
