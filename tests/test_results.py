@@ -100,20 +100,34 @@ def test_each_row_trains_its_preset_steps_and_its_own_overrides(tmp_path, comman
     assert {'--config.model.gaussian=True', '--config.model.tc_penalty=30'} <= set(factor_vae)
 
 
-def test_results_readme_table_is_what_the_script_makes_of_the_committed_json(tmp_path):
-    """results/README.md's table must be the one results/run.py writes from the committed per-seed JSON."""
-    shutil.copytree(os.path.join(ROOT, 'results', 'toyshapes_cpu'), tmp_path / 'out' / 'toyshapes_cpu')
-    result = subprocess.run([sys.executable, 'results/run.py', '--dataset=toyshapes', '--preset=cpu', '--table_only',
-                             f'--runs={tmp_path / "runs"}', f'--out={tmp_path / "out"}'],
+@pytest.mark.parametrize('preset', ['cpu', 'cpu6k'])
+def test_results_readme_tables_are_what_the_scripts_make_of_the_committed_json(tmp_path, preset):
+    """results/README.md's tables (and the 7-seed table's claims) must be the ones results/run.py and
+    results/claims.py write from the committed per-seed JSON."""
+    folder = os.path.join(ROOT, 'results', f'toyshapes_{preset}')
+    if not os.path.isdir(folder):
+        pytest.skip(f'no committed {preset} results')
+    shutil.copytree(folder, tmp_path / 'out' / f'toyshapes_{preset}')
+    out = [f'--out={tmp_path / "out"}', '--dataset=toyshapes', f'--preset={preset}']
+    result = subprocess.run([sys.executable, 'results/run.py', '--table_only', f'--runs={tmp_path / "runs"}', *out],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    table = (tmp_path / 'out' / 'toyshapes_cpu.md').read_text()
-    assert table == open(os.path.join(ROOT, 'results', 'toyshapes_cpu.md')).read()
+    table = (tmp_path / 'out' / f'toyshapes_{preset}.md').read_text()
+    assert table == open(os.path.join(ROOT, 'results', f'toyshapes_{preset}.md')).read()
     with open(os.path.join(ROOT, 'results', 'README.md')) as f:
         readme = f.read()
     rows = [line for line in table.splitlines() if line.startswith('|')]
-    finished = [name for name, _, _ in results.MODELS if os.path.exists(os.path.join(ROOT, 'results', 'toyshapes_cpu', f'{name}_seed0.json'))]
+    seeds = results.PRESETS[preset]['seeds']
+    finished = [name for name, _, _ in results.MODELS
+                if all(os.path.exists(os.path.join(folder, f'{name}_seed{s}.json')) for s in range(seeds))]
     assert len(rows) == 2 * (2 + len(finished)) and all(row + "\n" in readme for row in rows)  # two tables
+    if preset == 'cpu6k':
+        result = subprocess.run([sys.executable, 'results/claims.py', *out], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        claims = (tmp_path / 'out' / f'toyshapes_{preset}_claims.md').read_text()
+        assert claims == open(os.path.join(ROOT, 'results', f'toyshapes_{preset}_claims.md')).read()
+        assert all(line + "\n" in readme for line in claims.splitlines() if line.startswith('|'))
 
 
 def test_schedule_study_counts_images_and_training_time_and_whole_evaluations():
