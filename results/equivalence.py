@@ -74,7 +74,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-6
 
 LQ_MODELS = ('qlae', 'ae', 'vae', 'tcvae', 'bioae', 'vqvae', 'infowgan_gp', 'qlinfowgan_gp')
-LDDR_MODELS = ('dvae', 'factordvae', 'lddr_vae', 'lddr_factorvae')
+LDDR_MODELS = ('categorical_vae', 'factor_dvae', 'lddr_vae', 'lddr_factor_vae')
 INFOMEC_ROWS = ('infomec_paper_discrete', 'infomec_paper_continuous',
                 'infomec_standalone_discrete', 'infomec_standalone_continuous')
 ALL = LQ_MODELS + LDDR_MODELS + INFOMEC_ROWS
@@ -742,10 +742,10 @@ LDDR_IMAGE = (64, 64, 3)  # lddr's decoder is fixed at 64x64 (its 4x4x64 reshape
 LDDR_GAMMA = 30.0         # --gamma for the TC rows: 30, lddr's README example
 # row -> (run.py flags, this project's Config overrides)
 LDDR_SPECS = {
-    'dvae': ([], {}),
-    'factordvae': (['--tc', f'--gamma={LDDR_GAMMA}'], {'tc_penalty': LDDR_GAMMA}),
+    'categorical_vae': ([], {}),
+    'factor_dvae': (['--tc', f'--gamma={LDDR_GAMMA}'], {'tc_penalty': LDDR_GAMMA}),
     'lddr_vae': (['--gaussian'], {'gaussian': True}),
-    'lddr_factorvae': (['--gaussian', '--tc', f'--gamma={LDDR_GAMMA}'], {'gaussian': True, 'tc_penalty': LDDR_GAMMA}),
+    'lddr_factor_vae': (['--gaussian', '--tc', f'--gamma={LDDR_GAMMA}'], {'gaussian': True, 'tc_penalty': LDDR_GAMMA}),
 }
 # lddr's logged name -> ours
 # (scale: the Gumbel noise scale of the step, which run() logs beside the losses)
