@@ -35,10 +35,10 @@ Dense and conv weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (a transposed 
 input channels x kernel area, as in Equinox), norm scales 1 and offsets 0, the constant 0.1; their
 convs have no bias. Every parameter gets element-wise clipping and weight decay except biases, norm
 offsets and the codebook (the authors' GAN rule).
+The transposed convs are computed as four interleaved 2x2 convs: the same function, faster on CPU.
 Deviations from the authors' code (the same initial weights, batches and draws give their training
-trajectory in float64 for both variants: results/equivalence.md): the transposed convs are computed
-as four interleaved 2x2 convs (the same function); the gradient penalty's norm has 1e-12 under the
-square root; random streams differ (numpy draws the initial weights); `gen_loss` on a step without a generator update repeats the
+trajectory in float64 for both variants: results/equivalence.md): the gradient penalty's norm has
+1e-12 under the square root; random streams differ (numpy draws the initial weights); `gen_loss` on a step without a generator update repeats the
 last generator update's loss (0 before the first). Evaluation: InfoWGAN-GP's latents are scored as
 continuous, QLInfoWGAN-GP's as discrete (is_discrete), as the authors scored them.
 """
