@@ -24,8 +24,15 @@ LONGER = MAIN + ['--config.num_steps=5000', '--config.model.weight_decay=0.01'] 
 
 def start(args, cwd):
     script = os.path.join(ROOT, args[0])
-    return subprocess.Popen([sys.executable, '-u', script, *args[1:]], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The child gets SIGINT as a terminal gives it: a test suite started as a background job has it
+    # ignored, exec keeps an ignored signal ignored (a handled one becomes default), and train.py rightly
+    # leaves an ignored signal alone (cli.stop_on_signals).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, '-u', script, *args[1:]], cwd=cwd, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run(args, cwd):
