@@ -97,7 +97,7 @@ def claim_verdict(verdicts):
 
 
 def markdown(args, rows):
-    command = f'python results/run.py --dataset={args.dataset} --preset={args.preset} --seeds=7 --models='
+    command = f'python results/run.py --dataset={args.dataset} --preset={args.preset} --models='
     lines = [f'| claim | paper | metric | claimed better | compared with | difference (paired) | seeds | verdict |',
              '|---|---|---|---|---|---|---|---|']
     for claim, paper, better, other, metrics in COMPARISONS:

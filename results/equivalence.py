@@ -739,13 +739,12 @@ def run_lq(path, name, steps, batch):
 # ----------------------------------------------------------------------------------------------
 
 LDDR_IMAGE = (64, 64, 3)  # lddr's decoder is fixed at 64x64 (its 4x4x64 reshape, four stride-2 deconvs)
-LDDR_GAMMA = 30.0         # --gamma for the TC rows: 30, lddr's README example
 # row -> (run.py flags, this project's Config overrides)
 LDDR_SPECS = {
     'categorical_vae': ([], {}),
-    'factor_dvae': (['--tc', f'--gamma={LDDR_GAMMA}'], {'tc_penalty': LDDR_GAMMA}),
+    'factor_dvae': (['--tc'], {'tc_penalty': None}),  # None: configs/categorical_vae.py's TC_GAMMA, on both sides
     'lddr_vae': (['--gaussian'], {'gaussian': True}),
-    'lddr_factor_vae': (['--gaussian', '--tc', f'--gamma={LDDR_GAMMA}'], {'gaussian': True, 'tc_penalty': LDDR_GAMMA}),
+    'lddr_factor_vae': (['--gaussian', '--tc'], {'gaussian': True, 'tc_penalty': None}),
 }
 # lddr's logged name -> ours
 # (scale: the Gumbel noise scale of the step, which run() logs beside the losses)
@@ -870,10 +869,12 @@ def run_lddr(path, name, steps, batch):
     import jax
     import jax.numpy as jnp
     jax.clear_caches()
+    module, config_module = import_project('categorical_vae', 'categorical_vae')
     flags, overrides = LDDR_SPECS[name]
+    if '--tc' in flags:
+        flags, overrides = flags + [f'--gamma={config_module.TC_GAMMA}'], {**overrides, 'tc_penalty': config_module.TC_GAMMA}
     ns = load_lddr(path, flags)
     lddr_config = ns['config']
-    module, config_module = import_project('categorical_vae', 'categorical_vae')
     config = project_config(module, config_module, 'shapes3d', overrides)
     gaussian, tc = config.gaussian, config.tc_penalty > 0
     assert lddr_config.run.discrete == (not gaussian) and lddr_config.loss.tc == tc
@@ -1112,7 +1113,7 @@ def main(argv=None):
                                 "the shapes3d parameter files; 12 latents (twice_sources on shapes3d)"),
         'lddr': (f"run.py's own network and settings (its layers are fixed in code, so not shrunk): "
                  f"{LDDR_IMAGE[0]}x{LDDR_IMAGE[1]}x{LDDR_IMAGE[2]} images, 10 latents, K = 64, --dataset=shapes3d, "
-                 f"--gamma={LDDR_GAMMA:g} for the TC rows"),
+                 f"--gamma={import_project('categorical_vae', 'categorical_vae')[1].TC_GAMMA:g} for the TC rows"),
         'this project': "configs/<model>.py:shapes3d's model fields, with the network fields set to the original's",
     }
     meta = {'date': datetime.date.today().isoformat(), 'steps': args.steps, 'batch_size': args.batch_size,

@@ -27,12 +27,13 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from configs.categorical_vae import TC_GAMMA  # noqa: E402
 from metrics.infomec import CAPTURE_THRESHOLD, factor_capture  # noqa: E402
 # (row name, config file, overrides): every model of models/ with the variants the papers compare: the
 # QLAE paper's baselines, lddr's four (its D-VAE and FactorDVAE, and its Gaussian VAE and FactorVAE on the
-# same network; gamma 30, lddr README's example), the QLAE paper's weight-decay ablations, the GAN in both
+# same network; gamma TC_GAMMA), the QLAE paper's weight-decay ablations, the GAN in both
 # of its variants. The order is the table's and the training order: the comparisons first.
-LDDR_GAMMA = '--config.model.tc_penalty=30'
+LDDR_GAMMA = f'--config.model.tc_penalty={TC_GAMMA:g}'
 MODELS = (
     ('qlae', 'qlae', ()),
     ('ae', 'ae', ()),

@@ -196,3 +196,14 @@ def readme_commands():
 @pytest.mark.parametrize('tokens', readme_commands())
 def test_readme_command_names_what_exists(tokens, tmp_path):
     assert command_problems(tokens, str(tmp_path / 'data')) == []
+
+
+def test_readme_python_example_runs_with_the_model_file_copied_alone(tmp_path):
+    """README's ```python block, as a reader pastes it beside a copy of models/qlae.py."""
+    from tests.conftest import run_with_model_files_alone
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        scripts = [text for language, text in blocks(f.read()) if language == 'python']
+    assert len(scripts) == 1
+    script = scripts[0] + '\nprint(latents.shape, qlae.is_discrete(config))\n'
+    stdout = run_with_model_files_alone(tmp_path, ['qlae'], script)
+    assert stdout.split() == ['(8,', '12)', 'True']

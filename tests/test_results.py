@@ -97,7 +97,7 @@ def test_each_row_trains_its_preset_steps_and_its_own_overrides(tmp_path, comman
     qlae, gan, factor_vae = commands
     assert '--config.num_steps=6000' in qlae and '--config.num_steps=10000' in gan  # the GANs' longer schedule
     assert '--config=configs/categorical_vae.py:toyshapes' in factor_vae
-    assert {'--config.model.gaussian=True', '--config.model.tc_penalty=30'} <= set(factor_vae)
+    assert {'--config.model.gaussian=True', f'--config.model.tc_penalty={results.TC_GAMMA:g}'} <= set(factor_vae)
 
 
 @pytest.mark.parametrize('preset', ['cpu', 'cpu6k'])
